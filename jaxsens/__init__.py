@@ -1,0 +1,27 @@
+"""jaxsens: gradients of ODE solutions in JAX, with the method chosen and explained."""
+
+# --- core (issue 2): solve and the sensitivity methods
+from ._sensitivity.auto import Auto as Auto
+from ._sensitivity.backsolve import BacksolveAdjoint as BacksolveAdjoint
+from ._sensitivity.base import (
+    AbstractAdjoint as AbstractAdjoint,
+    AbstractSensitivity as AbstractSensitivity,
+)
+from ._sensitivity.discrete import Discrete as Discrete
+from ._sensitivity.forward import Forward as Forward
+from ._sensitivity.gauss import GaussAdjoint as GaussAdjoint
+from ._sensitivity.interpolating import InterpolatingAdjoint as InterpolatingAdjoint
+from ._sensitivity.quadrature import QuadratureAdjoint as QuadratureAdjoint
+from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solve import solve as solve
+
+# --- linear systems (issue 3)
+
+# --- models, controls, training (issue 4)
+
+# --- steady states, shooting, collocation (issue 5)
+
+# --- choosing and checking (issue 6)
+
+
+__version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""Pieces the continuous adjoints share: save-time jumps, vjps of the field."""
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .base import Problem
+
+
+def tree_add(a, b):
+    return jtu.tree_map(lambda x, y: x + y, a, b)
+
+
+def tree_scale(a, c):
+    return jtu.tree_map(lambda x: c * x, a)
+
+
+def zeros_like(tree):
+    return jtu.tree_map(jnp.zeros_like, tree)
+
+
+class Jumps:
+    """The save times of a problem in reversed time `s = -t`, and their cotangents.
+
+    The backward pass starts at `s0 = -ts[-1]` with `λ = ȳ[-1]`; `times[j]` is the
+    j-th save time met on the way back, whose cotangent `ȳ[N - 2 - j]` is added on
+    arrival; the pass ends at `s_end = -t0`.
+    """
+
+    def __init__(self, problem: Problem, ys_bar):
+        ts = problem.ts
+        n = ts.shape[0]
+        self.n = n
+        self.ys_bar = ys_bar
+        self.s0 = -ts[-1]
+        self.s_end = -problem.options.t0
+        self.times = -ts[:-1][::-1]
+        self.num = n - 1
+
+    def initial(self):
+        return jtu.tree_map(lambda c: c[-1], self.ys_bar)
+
+    def cotangent(self, j):
+        return jtu.tree_map(lambda c: c[self.n - 2 - j], self.ys_bar)
+
+
+def vjp_y_and_params(problem: Problem, t, y, lam):
+    """`(f, f_yᵀλ, f_θᵀλ)` from one `jax.vjp` of the field (never a Jacobian)."""
+    fy, vjp = jax.vjp(lambda y_, d_: problem.f(t, y_, d_), y, problem.diff)
+    lam_y, lam_d = vjp(lam)
+    return fy, lam_y, lam_d
+
+
+def vjp_y(problem: Problem, t, y, lam):
+    _, vjp = jax.vjp(lambda y_: problem.f(t, y_), y)
+    (lam_y,) = vjp(lam)
+    return lam_y
+
+
+def vjp_params(problem: Problem, t, y, lam):
+    _, vjp = jax.vjp(lambda d_: problem.f(t, y, d_), problem.diff)
+    (lam_d,) = vjp(lam)
+    return lam_d

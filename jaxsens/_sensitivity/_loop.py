@@ -1,0 +1,182 @@
+"""The backward pass of every continuous adjoint: ONE adaptive loop over the span.
+
+The loop runs in reversed time `s = -t`, drives a diffrax solver's `step` and a
+diffrax step-size controller directly, stops exactly at every save time to add that
+time's cotangent jump, and (optionally) hands each accepted step to a callback that
+accumulates a quadrature. One loop instead of one `diffeqsolve` per save interval is
+the difference between ~85 ms and ~1.3 s on the 100-control neural ODE
+(DESIGN.md, "Performance traps").
+"""
+
+from collections.abc import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+from .._solution import RESULTS
+from .base import make_controller
+
+
+def rms_norm(tree) -> Array:
+    leaves = [jnp.ravel(x) for x in jtu.tree_leaves(tree)]
+    if not leaves:
+        return jnp.array(0.0)
+    x = jnp.concatenate(leaves)
+    return jnp.sqrt(jnp.mean(jnp.abs(x) ** 2))
+
+
+def seminorm(select: Callable[[PyTree], PyTree]) -> Callable[[PyTree], Array]:
+    """An RMS norm over only the part of the state chosen by `select` (Kidger, Chen
+    & Lyons 2021, "Hey, that's not an ODE": the parameter adjoint μ is left out of
+    the backward error control)."""
+
+    def norm(tree):
+        return rms_norm(select(tree))
+
+    return norm
+
+
+class LoopOutput(eqx.Module):
+    z: PyTree
+    extra: PyTree
+    jump_index: Array
+    num_steps: Array
+    num_accepted: Array
+    result: Array
+    dt: Array
+
+
+def _where(pred, a, b):
+    return jtu.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def backward_loop(
+    *,
+    vf: Callable,
+    z0: PyTree,
+    s0: Array,
+    s_end: Array,
+    jump_times: Array,
+    num_jumps: int,
+    jump_index: Array,
+    jump_fn: Callable,
+    solver: dfx.AbstractSolver,
+    rtol: float,
+    atol: float,
+    norm: Callable,
+    max_steps: int,
+    dt0: Array | None = None,
+    on_step: Callable | None = None,
+    extra0: PyTree = None,
+) -> LoopOutput:
+    """Integrate `dz/ds = vf(s, z)` from `s0` to `s_end` (`s0 < s_end`).
+
+    Steps are clipped to land exactly on each `jump_times[j]` (ascending, in `s`),
+    for `j` from `jump_index` up to `num_jumps - 1`; on arrival
+    `(z, extra) = jump_fn(z, extra, j)`. After every accepted step
+    `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info)`.
+    """
+    term = dfx.ODETerm(lambda s, z, _: vf(s, z))
+    controller = make_controller(solver, rtol, atol, dt0, norm=norm)
+    error_order = solver.error_order(term)
+    s1_guess, cstate = controller.init(
+        term, s0, s_end, z0, dt0, None, solver.func, error_order
+    )
+    s1_guess = jnp.minimum(s1_guess, s_end)
+    sstate = solver.init(term, s0, s1_guess, z0, None)
+    dtype = jnp.result_type(s0)
+    padded = jnp.concatenate([jump_times, jnp.array([jnp.inf], dtype)])
+
+    def cond(c):
+        s, *_, nsteps, _, result = c
+        return (s < s_end) & (nsteps < max_steps) & (result == RESULTS.successful)
+
+    def body(c):
+        s, s_prop, z, sstate, cstate, j, made_jump, extra, nsteps, nacc, result = c
+        next_stop = jnp.minimum(padded[j], s_end)
+        s1 = jnp.minimum(s_prop, next_stop)
+        z1, zerr, dense, sstate1, sres = solver.step(
+            term, s, s1, z, None, sstate, made_jump
+        )
+        keep, next_s0, next_s1, _, cstate1, _ = controller.adapt_step_size(
+            s, s1, z, z1, None, zerr, error_order, cstate
+        )
+        ok = sres == dfx.RESULTS.successful
+        keep = keep & ok
+        if on_step is not None:
+            extra_new = on_step(extra, s, s1, z, z1, dense)
+            extra = _where(keep, extra_new, extra)
+        z_new = _where(keep, z1, z)
+        hit = keep & (s1 == padded[j]) & (j < num_jumps)
+        z_jump, extra_jump = jump_fn(z_new, extra, jnp.minimum(j, num_jumps - 1))
+        z_new = _where(hit, z_jump, z_new)
+        extra = _where(hit, extra_jump, extra)
+        # A step clipped to a save time must not shrink the steps after it.
+        dt_next = next_s1 - next_s0
+        clipped = keep & (s1 < s_prop)
+        dt_next = jnp.where(clipped, jnp.maximum(dt_next, s_prop - s), dt_next)
+        s_new = jnp.where(keep, s1, s)
+        sstate = _where(keep, sstate1, sstate)
+        # A failed implicit step is retried smaller by the controller; only a step
+        # that fails at the smallest representable size is fatal.
+        result = RESULTS.where(
+            ~ok & (s1 - s <= 10 * jnp.finfo(dtype).eps * jnp.abs(s)),
+            RESULTS.solver_failed,
+            result,
+        )
+        return (
+            s_new,
+            s_new + dt_next,
+            z_new,
+            sstate,
+            cstate1,
+            j + hit.astype(j.dtype),
+            hit,
+            extra,
+            nsteps + 1,
+            nacc + keep.astype(nacc.dtype),
+            result,
+        )
+
+    init = (
+        s0,
+        s1_guess,
+        z0,
+        sstate,
+        cstate,
+        jnp.asarray(jump_index, jnp.int32),
+        jnp.array(False),
+        extra0,
+        jnp.array(0, jnp.int32),
+        jnp.array(0, jnp.int32),
+        RESULTS.successful,
+    )
+    s, s_prop, z, _, _, j, _, extra, nsteps, nacc, result = lax.while_loop(
+        cond, body, init
+    )
+    result = RESULTS.where(
+        (s < s_end) & (result == RESULTS.successful),
+        RESULTS.backward_max_steps_reached,
+        result,
+    )
+    return LoopOutput(z, extra, j, nsteps, nacc, result, s_prop - s)
+
+
+def gauss_legendre(n: int, dtype) -> tuple[Array, Array]:
+    """Nodes in [0, 1] and weights (summing to 1) of n-point Gauss–Legendre."""
+    import numpy as np
+
+    x, w = np.polynomial.legendre.leggauss(n)
+    return jnp.asarray((x + 1) / 2, dtype), jnp.asarray(w / 2, dtype)
+
+
+def check(x, result: Array, throw: bool):
+    """Raise the message of `result` (a `RESULTS` member) under jit, if asked."""
+    if not throw:
+        return x
+    return result.error_if(x, result != RESULTS.successful)

@@ -1,0 +1,240 @@
+"""The sensitivity interface and the continuous-adjoint contract.
+
+Every method is an `AbstractSensitivity`. The continuous adjoints share one
+`custom_vjp` (below): the forward pass is a diffrax solve, the backward pass
+receives the cotangents `ȳ_k = ∂L/∂y(t_k)` of every save time and integrates
+
+    λ' = -f_yᵀ λ,   μ' = -f_θᵀ λ       backwards from t_N to t0,
+    λ(t_k) += ȳ_k                       at every save time,
+
+returning `∂L/∂y0 = λ(t0)` and `∂L/∂θ = μ(t0)`, where θ is every trainable leaf of
+the field and of `args`. Subclasses only say how `y(t)` is recovered on the way
+back and how `μ` is accumulated.
+"""
+
+import abc
+from typing import Any
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+from .._solution import RESULTS
+
+
+class SolveOptions(eqx.Module):
+    """The settings of one `jaxsens.solve` call, handed to a sensitivity method."""
+
+    t0: Array
+    solver: dfx.AbstractSolver
+    rtol: float
+    atol: float
+    dt0: float | None
+    max_steps: int = eqx.field(static=True)
+    throw: bool = eqx.field(static=True)
+
+
+class AbstractSensitivity(eqx.Module):
+    """How the gradient of `jaxsens.solve` is computed.
+
+    Subclasses implement `solve`, a forward solve whose output is differentiable
+    by that method.
+    """
+
+    @abc.abstractmethod
+    def solve(
+        self, field, y0: PyTree[Array], ts: Array, args: Any, options: SolveOptions
+    ) -> tuple[PyTree[Array], dict[str, Array], Array]:
+        """Returns `(ys, stats, result)` with `ys` differentiable by this method."""
+
+
+def make_controller(solver, rtol, atol, dt0, norm=None):
+    """diffrax's PID controller for adaptive solvers, constant steps otherwise."""
+    if isinstance(solver, dfx.AbstractAdaptiveSolver):
+        if norm is None:
+            return dfx.PIDController(rtol=rtol, atol=atol)
+        return dfx.PIDController(rtol=rtol, atol=atol, norm=norm)
+    if dt0 is None:
+        raise ValueError(
+            f"`solver={type(solver).__name__}()` has no error estimate, so it takes "
+            "constant steps: pass `dt0=` (the step size), or use an adaptive solver "
+            "such as `diffrax.Tsit5()`."
+        )
+    return dfx.ConstantStepSize()
+
+
+def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None,
+                  saveat=None, max_steps=None):
+    """The forward solve every method shares: diffrax, saving at `ts`."""
+    t0 = options.t0 if t0 is None else t0
+    if saveat is None:
+        saveat = dfx.SaveAt(ts=ts, dense=dense)
+    return dfx.diffeqsolve(
+        dfx.ODETerm(field),
+        options.solver,
+        t0,
+        ts[-1],
+        options.dt0,
+        y0,
+        args=args,
+        saveat=saveat,
+        stepsize_controller=make_controller(
+            options.solver, options.rtol, options.atol, options.dt0
+        ),
+        max_steps=options.max_steps if max_steps is None else max_steps,
+        adjoint=adjoint,
+        throw=False,
+    )
+
+
+def diffrax_flags(result) -> tuple[Array, Array]:
+    """`(succeeded, ran_out_of_steps)` as plain booleans (JAX types)."""
+    return result == dfx.RESULTS.successful, result == dfx.RESULTS.max_steps_reached
+
+
+def result_from_flags(ok, steps):
+    return RESULTS.where(
+        ok,
+        RESULTS.successful,
+        RESULTS.where(steps, RESULTS.max_steps_reached, RESULTS.solver_failed),
+    )
+
+
+def diffrax_result(result):
+    """Map diffrax's result code to a `jaxsens.RESULTS` member."""
+    return result_from_flags(*diffrax_flags(result))
+
+
+def checked(x, result, throw: bool):
+    """Raise `result`'s message (a `RESULTS` member) if it is not success.
+
+    Called inside each method's primal computation, where `result` is never an
+    autodiff tracer.
+    """
+    if not throw:
+        return x
+    return result.error_if(x, result != RESULTS.successful)
+
+
+def stats_of(sol) -> dict[str, Array]:
+    return {
+        "num_steps": jnp.asarray(sol.stats["num_steps"]),
+        "num_accepted_steps": jnp.asarray(sol.stats["num_accepted_steps"]),
+        "num_rejected_steps": jnp.asarray(sol.stats["num_rejected_steps"]),
+    }
+
+
+class Problem(eqx.Module):
+    """One solve, with the trainable leaves (`diff`) split from everything else.
+
+    `field` has been closure-converted, so every array it closes over (including
+    tracers from an enclosing `jit`/`grad`) is a leaf of `diff` or `static`.
+    """
+
+    diff: PyTree
+    static: PyTree
+    y0: PyTree[Array]
+    ts: Array
+    options: SolveOptions
+
+    def f(self, t, y, diff=None):
+        field, args = eqx.combine(self.diff if diff is None else diff, self.static)
+        return field(t, y, args)
+
+    @property
+    def field(self):
+        return eqx.combine(self.diff, self.static)[0]
+
+    @property
+    def args(self):
+        return eqx.combine(self.diff, self.static)[1]
+
+
+def as_problem(field, y0, ts, args, options) -> Problem:
+    # Closure conversion makes arrays closed over by a plain function (or hidden in
+    # a Module) explicit leaves, so the custom_vjp can return their cotangents.
+    field = eqx.filter_closure_convert(field, options.t0, y0, args)
+    diff, static = eqx.partition((field, args), eqx.is_inexact_array)
+    return Problem(diff, static, y0, ts, options)
+
+
+def zeros_like_ct(ct, like):
+    """Replace missing (`None`) cotangents by zeros shaped like `like`."""
+    return jtu.tree_map(
+        lambda c, x: jnp.zeros_like(x) if c is None else c,
+        ct,
+        like,
+        is_leaf=lambda c: c is None,
+    )
+
+
+class AbstractAdjoint(AbstractSensitivity):
+    """A continuous adjoint: the contract in this module's docstring.
+
+    Subclasses declare the backward solver settings and implement `forward`
+    (returning residuals for the backward pass) and `backward`.
+    """
+
+    solver: eqx.AbstractVar[dfx.AbstractSolver | None]
+    rtol: eqx.AbstractVar[float | None]
+    atol: eqx.AbstractVar[float | None]
+    max_steps: eqx.AbstractVar[int | None]
+
+    @abc.abstractmethod
+    def forward(self, problem: Problem) -> tuple[PyTree, dict, Array, PyTree]:
+        """Returns `(ys, stats, result, residuals)`."""
+
+    @abc.abstractmethod
+    def backward(self, problem: Problem, residuals: PyTree, ys_bar: PyTree):
+        """Returns `(diff_bar, y0_bar)`: cotangents of the trainable leaves and y0."""
+
+    def backward_settings(self, problem: Problem):
+        """The backward solve's solver, tolerances and step budget."""
+        opts = problem.options
+        solver = opts.solver if self.solver is None else self.solver
+        rtol = opts.rtol if self.rtol is None else self.rtol
+        atol = opts.atol if self.atol is None else self.atol
+        max_steps = opts.max_steps if self.max_steps is None else self.max_steps
+        return solver, rtol, atol, max_steps
+
+    def solve(self, field, y0, ts, args, options):
+        problem = as_problem(field, y0, ts, args, options)
+        ys, stats, result = _adjoint_solve(
+            (problem.diff, y0), problem.static, ts, self, options
+        )
+        return ys, stats, result
+
+
+@eqx.filter_custom_vjp
+def _adjoint_solve(vjp_arg, static, ts, adjoint, options):
+    diff, y0 = vjp_arg
+    ys, stats, result, _ = adjoint.forward(Problem(diff, static, y0, ts, options))
+    return checked(ys, result, options.throw), stats, result
+
+
+@_adjoint_solve.def_fwd
+def _adjoint_solve_fwd(perturbed, vjp_arg, static, ts, adjoint, options):
+    del perturbed
+    diff, y0 = vjp_arg
+    ys, stats, result, residuals = adjoint.forward(
+        Problem(diff, static, y0, ts, options)
+    )
+    return (checked(ys, result, options.throw), stats, result), residuals
+
+
+@_adjoint_solve.def_bwd
+def _adjoint_solve_bwd(residuals, grad_obj, perturbed, vjp_arg, static, ts, adjoint,
+                       options):
+    del perturbed
+    diff, y0 = vjp_arg
+    problem = Problem(diff, static, y0, ts, options)
+    ys_bar = grad_obj[0]
+    ys_like = jtu.tree_map(
+        lambda y: jnp.zeros((ts.shape[0],) + jnp.shape(y), jnp.result_type(y)), y0
+    )
+    ys_bar = zeros_like_ct(ys_bar, ys_like)
+    diff_bar, y0_bar = adjoint.backward(problem, residuals, ys_bar)
+    return diff_bar, y0_bar

@@ -1,0 +1,196 @@
+"""`jaxsens.solve`: the one entry point. Checks its inputs, dispatches to a method."""
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import ArrayLike, Float, PyTree
+
+from ._sensitivity.auto import Auto
+from ._sensitivity.base import AbstractSensitivity, SolveOptions
+from ._solution import Solution
+
+
+def _float_dtype(y0):
+    leaves = jtu.tree_leaves(y0)
+    dtypes = [jnp.result_type(x) for x in leaves if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if dtypes:
+        dtype = jnp.result_type(*dtypes)
+        return jnp.finfo(dtype).dtype  # real part of a complex dtype
+    return jnp.result_type(float)
+
+
+def _as_state(y0, dtype):
+    def convert(x):
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            x = x.astype(dtype)
+        return x
+
+    leaves = jtu.tree_leaves(y0)
+    if not leaves:
+        raise ValueError("`y0` has no array leaves: pass the initial state, e.g. "
+                         "`y0=jnp.array([1.0, 0.0])`.")
+    return jtu.tree_map(convert, y0)
+
+
+def _check_sensitivity(sensitivity):
+    if isinstance(sensitivity, type) and issubclass(sensitivity, AbstractSensitivity):
+        raise TypeError(
+            f"`sensitivity={sensitivity.__name__}` is a class: pass an instance, "
+            f"`sensitivity=jaxsens.{sensitivity.__name__}()`."
+        )
+    if not isinstance(sensitivity, AbstractSensitivity):
+        raise TypeError(
+            f"`sensitivity` must be a jaxsens method such as `jaxsens.Auto()`, "
+            f"`jaxsens.InterpolatingAdjoint()` or `jaxsens.Discrete()`; got "
+            f"{sensitivity!r}. (diffrax adjoints are not accepted here: "
+            "`jaxsens.Discrete()` wraps diffrax's `RecursiveCheckpointAdjoint`.)"
+        )
+
+
+def _check_field_output(field, t0, y0, args):
+    if not callable(field):
+        raise TypeError(f"`field` must be callable as `field(t, y, args)`, got {field!r}.")
+    try:
+        out = jax.eval_shape(field, t0, y0, args)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise type(e)(
+            f"Calling `field(t0, y0, args)` failed while checking its output: {e}"
+        ) from e
+    y_struct = jtu.tree_structure(y0)
+    o_struct = jtu.tree_structure(out)
+    if y_struct != o_struct:
+        raise ValueError(
+            "`field(t, y, args)` must return dy/dt with the same PyTree structure as "
+            f"`y0`; `y0` has structure {y_struct} but the field returned {o_struct}."
+        )
+    for y, o in zip(jtu.tree_leaves(y0), jtu.tree_leaves(out), strict=True):
+        if jnp.shape(y) != o.shape:
+            raise ValueError(
+                "`field(t, y, args)` must return dy/dt shaped like `y0`: a leaf of "
+                f"`y0` has shape {jnp.shape(y)} but the field returned shape "
+                f"{o.shape}. Check the field's output (e.g. a missing `.reshape` or "
+                "a transposed matrix)."
+            )
+
+
+def solve(
+    field,
+    y0: PyTree[ArrayLike],
+    ts: Float[ArrayLike, " times"],
+    args: PyTree = None,
+    *,
+    t0: float | None = None,
+    solver: dfx.AbstractSolver | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    dt0: float | None = None,
+    max_steps: int = 16**3,
+    sensitivity: AbstractSensitivity = Auto(),
+    throw: bool = True,
+) -> Solution:
+    """Solve `dy/dt = field(t, y, args)` from `y0` and save at `ts`, differentiably.
+
+    **Arguments:**
+
+    - `field`: `field(t, y, args) -> dy/dt`. A plain function, a closure over arrays
+        (traced ones too), or an `eqx.Module` whose inexact-array leaves are
+        trainable. Gradients flow to all of them.
+    - `y0`: the initial state at `t0`, any PyTree of arrays.
+    - `ts`: strictly increasing save times, shape `(T,)`.
+    - `args`: passed to `field`; its inexact arrays are differentiable too.
+    - `t0`: start time (default `ts[0]`); must be `<= ts[0]`.
+    - `solver`: a diffrax solver (default `diffrax.Tsit5()`; use
+        `diffrax.Kvaerno5()` for stiff problems).
+    - `rtol`, `atol`: tolerances of the adaptive step-size control.
+    - `dt0`: initial step (default: chosen automatically; required for solvers
+        without an error estimate, which then take constant steps).
+    - `max_steps`: the forward step budget.
+    - `sensitivity`: how the output is differentiated: `Auto()` (default),
+        `Discrete()`, `Forward()`, `BacksolveAdjoint()`, `InterpolatingAdjoint()`,
+        `QuadratureAdjoint()`, `GaussAdjoint()`; see the README's table.
+    - `throw`: raise on failure (step budget exhausted, solver failure, backsolve
+        divergence). With `throw=False`, check `sol.result` instead.
+
+    **Returns:** a [`jaxsens.Solution`][] with `ys` (structured like `y0`, leading
+    axis `len(ts)`), `ts`, `stats`, `result` and the `sensitivity` used.
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp, jaxsens
+
+    def field(t, y, k):
+        return -k * y
+
+    ts = jnp.linspace(0.0, 2.0, 5)
+
+    def loss(k):
+        sol = jaxsens.solve(field, jnp.array([1.0, 2.0]), ts, k,
+                            sensitivity=jaxsens.InterpolatingAdjoint())
+        return jnp.sum(sol.ys**2)
+
+    jax.jit(jax.grad(loss))(0.5)
+    ```
+    """
+    _check_sensitivity(sensitivity)
+    if solver is None:
+        solver = dfx.Tsit5()
+    if not isinstance(solver, dfx.AbstractSolver):
+        raise TypeError(
+            f"`solver` must be a diffrax solver such as `diffrax.Tsit5()`, got {solver!r}."
+        )
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, (int, float)) and not tol > 0:
+            raise ValueError(f"`{name}` must be positive, got {tol!r}.")
+
+    dtype = _float_dtype(y0)
+    y0 = _as_state(y0, dtype)
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1 or ts.shape[0] < 1:
+        raise ValueError(
+            f"`ts` must be a 1-D array of save times with at least one entry, got "
+            f"shape {ts.shape}."
+        )
+    if not jnp.issubdtype(ts.dtype, jnp.floating) or ts.dtype != dtype:
+        ts = ts.astype(dtype)
+    t0 = ts[0] if t0 is None else jnp.asarray(t0, dtype)
+    if t0.shape != ():
+        raise ValueError(f"`t0` must be a scalar, got shape {t0.shape}.")
+    _check_field_output(field, t0, y0, args)
+
+    if ts.shape[0] > 1:
+        ts = eqx.error_if(
+            ts,
+            jnp.any(ts[1:] <= ts[:-1]),
+            "`ts` must be strictly increasing (no repeats). Sort it, e.g. "
+            "`jnp.unique(ts)`.",
+        )
+    ts = eqx.error_if(ts, ~jnp.all(jnp.isfinite(ts)), "`ts` must be finite.")
+    t0 = eqx.error_if(
+        t0,
+        t0 > ts[0],
+        "`t0` must be <= `ts[0]` (the solve starts at `t0` and saves at `ts`). "
+        "Pass `t0=ts[0]` or leave it out.",
+    )
+    y0 = eqx.error_if(
+        y0,
+        jnp.logical_not(
+            jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(y0)]))
+        ),
+        "`y0` contains NaN or inf. Check how the initial state was built.",
+    )
+
+    options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw)
+    method = sensitivity
+    if isinstance(method, Auto):
+        method = method.choose(field, y0, ts, args)
+    # Each method raises (when `throw`) inside its own primal computation.
+    ys, stats, result = method.solve(field, y0, ts, args, options)
+    return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method)
+
+
