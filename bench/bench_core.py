@@ -1,7 +1,7 @@
 """Core benchmark (issue 2, "Speed"): every jaxsens method against diffrax.
 
     /work/venv/bin/python bench/bench_core.py            # full run
-    /work/venv/bin/python bench/bench_core.py --quick    # fewer repeats, memory at 10^3/10^4
+    /work/venv/bin/python bench/bench_core.py --quick    # fewer repeats, memory ≤ 10^4
 
 (a) Lotka–Volterra (float64 and float32) and (b) seed 002's controlled neural ODE
 with one control: warm gradient time (median of round-robin repeats, all methods
@@ -31,10 +31,13 @@ import subprocess
 import sys
 import time
 
+
 if __name__ == "__main__" and __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # Appended, so that `PYTHONPATH=<snapshot>` can pin the jaxsens under test.
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
+
 
 jax.config.update("jax_enable_x64", True)
 
@@ -48,6 +51,7 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 import jaxsens  # noqa: E402
 from bench._timing import fmt_s, time_fn  # noqa: E402
 from bench.problems import core as problems  # noqa: E402
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
@@ -96,30 +100,69 @@ def loss_fn(problem, method, *, rtol=None, atol=None, max_steps=None):
 
         def loss(params):
             field, args = problem.split(params)
-            sol = jaxsens.solve(field, y0, ts, args, rtol=rtol, atol=atol,
-                                max_steps=max_steps, sensitivity=sens)
+            sol = jaxsens.solve(
+                field,
+                y0,
+                ts,
+                args,
+                rtol=rtol,
+                atol=atol,
+                max_steps=max_steps,
+                sensitivity=sens,
+            )
             return problem.loss(sol.ys)
 
     elif method in ("diffrax RCA", "diffrax BacksolveAdjoint"):
-        adjoint = (dfx.RecursiveCheckpointAdjoint() if method == "diffrax RCA"
-                   else dfx.BacksolveAdjoint())
+        adjoint = (
+            dfx.RecursiveCheckpointAdjoint()
+            if method == "diffrax RCA"
+            else dfx.BacksolveAdjoint()
+        )
 
         def loss(params):
             field, args = problem.split(params)
             sol = dfx.diffeqsolve(
-                dfx.ODETerm(field), dfx.Tsit5(), ts[0], ts[-1], None, y0, args=args,
+                dfx.ODETerm(field),
+                dfx.Tsit5(),
+                ts[0],
+                ts[-1],
+                None,
+                y0,
+                args=args,
                 saveat=dfx.SaveAt(ts=ts),
                 stepsize_controller=dfx.PIDController(rtol=rtol, atol=atol),
-                max_steps=max_steps, adjoint=adjoint,
+                max_steps=max_steps,
+                adjoint=adjoint,
             )
             return problem.loss(sol.ys)
 
     elif method == "jax odeint":
 
         def loss(params):
+            # odeint's extra arguments must be arrays: a plain-function field is
+            # closed over (its parameters are then `args`).
             field, args = problem.split(params)
-            ys = odeint(lambda y, t, f, a: f(t, y, a), y0, ts, field, args,
-                        rtol=rtol, atol=atol, mxstep=max_steps)
+            if problem.grad_of == "args":
+                ys = odeint(
+                    lambda y, t, a: field(t, y, a),
+                    y0,
+                    ts,
+                    args,
+                    rtol=rtol,
+                    atol=atol,
+                    mxstep=max_steps,
+                )
+            else:
+                ys = odeint(
+                    lambda y, t, f, a: f(t, y, a),
+                    y0,
+                    ts,
+                    field,
+                    args,
+                    rtol=rtol,
+                    atol=atol,
+                    mxstep=max_steps,
+                )
             return problem.loss(ys)
 
     else:
@@ -167,7 +210,10 @@ def _patch_backward_loop():
     def recording(**kw):
         out = orig(**kw)
         jax.debug.callback(
-            lambda a, b: _COUNTS.append((int(a), int(b))), out.num_steps, out.num_accepted
+            lambda a, b, r: _COUNTS.append((int(a), int(b), int(r))),
+            out.num_steps,
+            out.num_accepted,
+            out.result._value,
         )
         return out
 
@@ -184,13 +230,21 @@ def backward_steps(problem, method):
     jax.block_until_ready(f(dyn))
     if not _COUNTS:
         return None
-    return sum(c[0] for c in _COUNTS), sum(c[1] for c in _COUNTS)
+    failed = any(c[2] != 0 for c in _COUNTS)
+    return sum(c[0] for c in _COUNTS), sum(c[1] for c in _COUNTS), failed
 
 
 def forward_steps(problem):
     field, args = problem.split(problem.params)
-    sol = jaxsens.solve(field, problem.y0, problem.ts, args, rtol=problem.rtol,
-                        atol=problem.atol, sensitivity=jaxsens.Discrete())
+    sol = jaxsens.solve(
+        field,
+        problem.y0,
+        problem.ts,
+        args,
+        rtol=problem.rtol,
+        atol=problem.atol,
+        sensitivity=jaxsens.Discrete(),
+    )
     return int(sol.stats["num_accepted_steps"]), int(sol.stats["num_rejected_steps"])
 
 
@@ -260,19 +314,30 @@ def child_memory(name, steps, baseline):
     run_s = time.perf_counter() - t
     hwm = _status_kb("VmHWM")
     field, args = problem.split(problem.params)
-    sol = jaxsens.solve(field, problem.y0, problem.ts, args, max_steps=problem.max_steps,
-                        sensitivity=jaxsens.Discrete())
-    print(json.dumps({
-        "temp_mb": ma.temp_size_in_bytes / 2**20,
-        "arg_mb": ma.argument_size_in_bytes / 2**20,
-        "out_mb": ma.output_size_in_bytes / 2**20,
-        "run_peak_mb": (hwm - rss_before) / 1024,
-        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "compile_s": compile_s,
-        "run_s": run_s,
-        "steps": int(sol.stats["num_accepted_steps"]) + int(sol.stats["num_rejected_steps"]),
-        "max_steps": problem.max_steps,
-    }))
+    sol = jaxsens.solve(
+        field,
+        problem.y0,
+        problem.ts,
+        args,
+        max_steps=problem.max_steps,
+        sensitivity=jaxsens.Discrete(),
+    )
+    print(
+        json.dumps(
+            {
+                "temp_mb": ma.temp_size_in_bytes / 2**20,
+                "arg_mb": ma.argument_size_in_bytes / 2**20,
+                "out_mb": ma.output_size_in_bytes / 2**20,
+                "run_peak_mb": (hwm - rss_before) / 1024,
+                "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "compile_s": compile_s,
+                "run_s": run_s,
+                "steps": int(sol.stats["num_accepted_steps"])
+                + int(sol.stats["num_rejected_steps"]),
+                "max_steps": problem.max_steps,
+            }
+        )
+    )
 
 
 # --- the speed benchmark -------------------------------------------------------------
@@ -302,6 +367,7 @@ def speed(problem_key, *, rounds, per_round, fresh_compile, log):
                 jax.block_until_ready(f(dyn))
                 times[m].append(time.perf_counter() - t)
     ref = reference_grad(problem)
+    g_rca = flat_grad(fns["diffrax RCA"][2]) if fns["diffrax RCA"] else ref
     rows = {}
     fwd = forward_steps(problem)
     orig = _patch_backward_loop()
@@ -313,23 +379,35 @@ def speed(problem_key, *, rounds, per_round, fresh_compile, log):
                 row["warm"] = statistics.median(times[m])
                 row["n"] = len(times[m])
                 row["relerr"] = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+                row["relerr_rca"] = float(
+                    np.linalg.norm(g - g_rca) / np.linalg.norm(g_rca)
+                )
                 row["compile_inproc"] = compile_inproc[m]
                 row["bwd"] = backward_steps(problem, m) if m in CONTINUOUS else None
             if fresh_compile:
                 row["compile"] = run_child(["--child-compile", problem_key, m]).get(
-                    "compile_s", float("nan"))
+                    "compile_s", float("nan")
+                )
             else:
                 row["compile"] = compile_inproc.get(m, float("nan"))
             rows[m] = row
-            log(f"  {m:40s} warm {fmt_s(row.get('warm', float('nan'))):>10s}  "
-                f"compile {fmt_s(row['compile']):>8s}  relerr {row.get('relerr', float('nan')):.1e}"
-                f"  bwd {row.get('bwd')}")
+            log(
+                f"  {m:40s} warm {fmt_s(row.get('warm', float('nan'))):>10s}  "
+                f"compile {fmt_s(row['compile']):>8s}  "
+                f"relerr {row.get('relerr', float('nan')):.1e}"
+                f"  bwd {row.get('bwd')}"
+            )
     finally:
         import importlib
 
         for name in ("interpolating", "backsolve", "quadrature", "gauss"):
             importlib.import_module(f"jaxsens._sensitivity.{name}").backward_loop = orig
-    return {"name": problem.name, "params": problem.num_params(), "fwd": fwd, "rows": rows}
+    return {
+        "name": problem.name,
+        "params": problem.num_params(),
+        "fwd": fwd,
+        "rows": rows,
+    }
 
 
 def targets(res, key):
@@ -340,38 +418,48 @@ def targets(res, key):
     rca, bs = rows["diffrax RCA"], rows["diffrax BacksolveAdjoint"]
     cont = [m for m in CONTINUOUS if ok(m)]
     best = min(cont, key=lambda m: rows[m]["warm"])
-    out.append((
-        "fastest continuous adjoint ≤ diffrax RCA (warm)",
-        rows[best]["warm"] <= rca["warm"],
-        f"{best} {fmt_s(rows[best]['warm'])} vs RCA {fmt_s(rca['warm'])} "
-        f"(×{rows[best]['warm'] / rca['warm']:.2f})",
-    ))
+    out.append(
+        (
+            "fastest continuous adjoint ≤ diffrax RCA (warm)",
+            rows[best]["warm"] <= rca["warm"],
+            f"{best} {fmt_s(rows[best]['warm'])} vs RCA {fmt_s(rca['warm'])} "
+            f"(×{rows[best]['warm'] / rca['warm']:.2f})",
+        )
+    )
     ours = [m for m in OURS if ok(m)]
     worst = max(ours, key=lambda m: rows[m]["warm"])
-    out.append((
-        "none of ours slower than diffrax BacksolveAdjoint (warm)",
-        rows[worst]["warm"] <= bs["warm"],
-        f"slowest: {worst} {fmt_s(rows[worst]['warm'])} vs diffrax Backsolve "
-        f"{fmt_s(bs['warm'])} (×{rows[worst]['warm'] / bs['warm']:.2f})",
-    ))
+    out.append(
+        (
+            "none of ours slower than diffrax BacksolveAdjoint (warm)",
+            rows[worst]["warm"] <= bs["warm"],
+            f"slowest: {worst} {fmt_s(rows[worst]['warm'])} vs diffrax Backsolve "
+            f"{fmt_s(bs['warm'])} (×{rows[worst]['warm'] / bs['warm']:.2f})",
+        )
+    )
     slow = [m for m in ours if rows[m]["compile"] > rca["compile"]]
     worst_c = max(ours, key=lambda m: rows[m]["compile"])
-    out.append((
-        "compile time of every jaxsens gradient ≤ diffrax RCA's",
-        not slow,
-        f"diffrax RCA {fmt_s(rca['compile'])}, diffrax Backsolve "
-        f"{fmt_s(bs['compile'])}; slowest ours {worst_c} {fmt_s(rows[worst_c]['compile'])}"
-        + (f"; over RCA: {', '.join(slow)}" if slow else ""),
-    ))
+    out.append(
+        (
+            "compile time of every jaxsens gradient ≤ diffrax RCA's",
+            not slow,
+            f"diffrax RCA {fmt_s(rca['compile'])}, diffrax Backsolve "
+            f"{fmt_s(bs['compile'])}; slowest ours {worst_c} "
+            f"{fmt_s(rows[worst_c]['compile'])}"
+            + (f"; over RCA: {', '.join(slow)}" if slow else ""),
+        )
+    )
     if key.startswith("lv"):
         adj = [m for m in ours if m not in ("Forward",)]
         fastest_other = min(adj, key=lambda m: rows[m]["warm"])
-        out.append((
-            "Forward faster than every adjoint (LV)",
-            ok("Forward") and rows["Forward"]["warm"] < rows[fastest_other]["warm"],
-            f"Forward {fmt_s(rows['Forward'].get('warm', float('nan')))} vs fastest other "
-            f"{fastest_other} {fmt_s(rows[fastest_other]['warm'])}",
-        ))
+        out.append(
+            (
+                "Forward faster than every adjoint (LV)",
+                ok("Forward") and rows["Forward"]["warm"] < rows[fastest_other]["warm"],
+                f"Forward {fmt_s(rows['Forward'].get('warm', float('nan')))} "
+                "vs fastest other "
+                f"{fastest_other} {fmt_s(rows[fastest_other]['warm'])}",
+            )
+        )
     return out
 
 
@@ -405,7 +493,7 @@ def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta):
         "running jobs at the same time), so absolute times are noisy; compare ratios "
         "within a table. jax "
         f"{jax.__version__}, diffrax {dfx.__version__}, equinox {eqx.__version__}; "
-        f"run on {meta['date']}.",
+        f"run on {meta['date']}; jaxsens under test: {meta['jaxsens']}.",
         "",
         "Warm = median over round-robin repeats (all methods interleaved, in one "
         "process); compile = first call (trace + XLA compile + one run) of the jitted "
@@ -422,21 +510,26 @@ def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta):
         acc, rej = res["fwd"]
         lines += [
             "",
-            f"## {res['name']} ({res['params']} parameters; forward steps {acc + rej} = "
+            f"## {res['name']} ({res['params']} parameters; "
+            f"forward steps {acc + rej} = "
             f"{acc} accepted + {rej} rejected)",
             "",
-            "| method | warm | × diffrax RCA | compile | rel. error | backward steps (acc.) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| method | warm | × diffrax RCA | compile | rel. error vs ref | "
+            "rel. error vs diffrax RCA | backward steps (accepted) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for m, r in rows.items():
             if "warm" not in r:
-                lines.append(f"| {m} | failed | | | | |")
+                lines.append(f"| {m} | failed | | | | | |")
                 continue
             bwd = r.get("bwd")
             bwd_s = f"{bwd[0]} ({bwd[1]})" if bwd else ""
+            if bwd and bwd[2]:
+                bwd_s += " **backward loop FAILED, no error raised**"
             lines.append(
-                f"| {m} | {fmt_s(r['warm'])} | {r['warm'] / rca:.2f} | {fmt_s(r['compile'])} "
-                f"| {r['relerr']:.1e} | {bwd_s} |"
+                f"| {m} | {fmt_s(r['warm'])} | {r['warm'] / rca:.2f} "
+                f"| {fmt_s(r['compile'])} | {r['relerr']:.1e} | {r['relerr_rca']:.1e} "
+                f"| {bwd_s} |"
             )
         lines += ["", "| target | result | numbers |", "| --- | --- | --- |"]
         for name, passed, detail in target_res[key]:
@@ -444,7 +537,8 @@ def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta):
     if mem_rows:
         lines += [
             "",
-            "## Memory: long solve (state 64, 12,416 parameters, Tsit5 rtol = atol = 1e-6)",
+            "## Memory: long solve (state 64, 12,416 parameters, "
+            "Tsit5 rtol = atol = 1e-6)",
             "",
             "Each cell from a fresh subprocess. `temp` = XLA `memory_analysis()` "
             "temp buffers of the compiled gradient (what the gradient allocates, "
@@ -455,7 +549,8 @@ def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta):
             "memory, so it is the noisiest). `max_steps = 1.25·steps + 64` in every "
             "case (a user sizing the budget to the problem).",
             "",
-            "| method | steps | temp (MB) | run peak (MB) | RSS − base (MB) | run time |",
+            "| method | steps | temp (MB) | run peak (MB) | RSS − base (MB) "
+            "| run time |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for (steps, name), r in mem_rows.items():
@@ -463,8 +558,10 @@ def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta):
                 lines.append(f"| {name} | ~{steps} | failed: {r['error']} | | | |")
                 continue
             lines.append(
-                f"| {name} | {r['steps']} | {r['temp_mb']:.1f} | {r['run_peak_mb']:.1f} | "
-                f"{r.get('rss_minus_base_mb', float('nan')):.0f} | {fmt_s(r['run_s'])} |"
+                f"| {name} | {r['steps']} | {r['temp_mb']:.1f} "
+                f"| {r['run_peak_mb']:.1f} "
+                f"| {r.get('rss_minus_base_mb', float('nan')):.0f} "
+                f"| {fmt_s(r['run_s'])} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -494,16 +591,20 @@ def plots(speed_res, mem_rows):
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         names = sorted({n for (_, n) in mem_rows if not n.startswith("baseline")})
         for name in names:
-            pts = [(r["steps"], r["temp_mb"], r["run_peak_mb"]) for (s, n), r in mem_rows.items()
-                   if n == name and "steps" in r]
+            pts = [
+                (r["steps"], r["temp_mb"], r["run_peak_mb"])
+                for (s, n), r in mem_rows.items()
+                if n == name and "steps" in r
+            ]
             if not pts:
                 continue
             pts.sort()
             xs = [p[0] for p in pts]
             axes[0].plot(xs, [max(p[1], 1e-3) for p in pts], "o-", label=name)
             axes[1].plot(xs, [max(p[2], 1e-1) for p in pts], "o-", label=name)
-        for ax, title in zip(axes, ["XLA temp buffers (MB)", "run-time RSS rise (MB)"],
-                             strict=True):
+        for ax, title in zip(
+            axes, ["XLA temp buffers (MB)", "run-time RSS rise (MB)"], strict=True
+        ):
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("forward steps")
@@ -516,7 +617,9 @@ def plots(speed_res, mem_rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats; memory at 1e3, 1e4")
+    ap.add_argument(
+        "--quick", action="store_true", help="fewer repeats; memory at 1e3, 1e4"
+    )
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--problems", default="lv64,lv32,node")
@@ -537,7 +640,9 @@ def main():
     if not a.no_speed:
         rounds, per_round = (4, 5) if a.quick else (6, 5)
         for key in a.problems.split(","):
-            res = speed(key, rounds=rounds, per_round=per_round, fresh_compile=True, log=log)
+            res = speed(
+                key, rounds=rounds, per_round=per_round, fresh_compile=True, log=log
+            )
             speed_res[key] = res
             target_res[key] = targets(res, key)
             for name, passed, detail in target_res[key]:
@@ -545,8 +650,10 @@ def main():
     mem_steps = [1_000, 10_000] if a.quick else [1_000, 10_000, 100_000]
     mem_rows = {} if a.no_memory else memory(mem_steps, log)
     meta = {
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "jaxsens": os.environ.get("JAXSENS_REV", jaxsens.__file__),
     }
     with open(a.out, "w") as fh:
         fh.write(markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta))

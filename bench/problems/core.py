@@ -70,7 +70,9 @@ class Problem:
         return params, self.args
 
     def num_params(self) -> int:
-        leaves = jax.tree_util.tree_leaves(eqx.filter(self.params, eqx.is_inexact_array))
+        leaves = jax.tree_util.tree_leaves(
+            eqx.filter(self.params, eqx.is_inexact_array)
+        )
         return sum(x.size for x in leaves)
 
     def astype(self, dtype) -> "Problem":
@@ -120,7 +122,7 @@ def lotka_volterra(dtype=jnp.float64) -> Problem:
 
 
 def glorot_linear(key, fan_in, fan_out, gain, dtype):
-    """A `eqx.nn.Linear` initialised like Lux's `glorot_uniform(gain=gain)`, zero bias."""
+    """`eqx.nn.Linear` initialised as Lux's `glorot_uniform(gain=gain)`, zero bias."""
     lin = eqx.nn.Linear(fan_in, fan_out, key=key, dtype=dtype)
     bound = gain * (6.0 / (fan_in + fan_out)) ** 0.5
     w = jr.uniform(key, (fan_out, fan_in), dtype, -bound, bound)
@@ -141,8 +143,14 @@ class ControlledMLPField(eqx.Module):
         return self.layers[-1](h)
 
 
-def controlled_node(key=None, *, num_times: int = 100, hidden: int = 10,
-                    gain: float = 0.1, dtype=jnp.float32) -> Problem:
+def controlled_node(
+    key=None,
+    *,
+    num_times: int = 100,
+    hidden: int = 10,
+    gain: float = 0.1,
+    dtype=jnp.float32,
+) -> Problem:
     """Seed 002's neural ODE with one control (282 parameters for `hidden=10`)."""
     if key is None:
         key = jr.PRNGKey(1111)
@@ -200,8 +208,13 @@ def long_field(key=None, dtype=jnp.float64) -> LongField:
     return LongField(a, w1, jnp.zeros((h,), dtype), w2, jnp.zeros((n,), dtype))
 
 
-def long_solve(num_steps: int, *, num_times: int = 101, dtype=jnp.float64,
-               steps_per_time: float = LONG_STEPS_PER_TIME) -> Problem:
+def long_solve(
+    num_steps: int,
+    *,
+    num_times: int = 101,
+    dtype=jnp.float64,
+    steps_per_time: float = LONG_STEPS_PER_TIME,
+) -> Problem:
     """The memory problem, sized to take about `num_steps` Tsit5 steps."""
     t1 = num_steps / steps_per_time
     y0 = jnp.ones((LONG_STATE,), dtype) / LONG_STATE**0.5
