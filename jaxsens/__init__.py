@@ -20,6 +20,16 @@ from ._solve import solve as solve
 # --- models, controls, training (issue 4)
 
 # --- steady states, shooting, collocation (issue 5)
+from . import collocation as collocation, shooting as shooting
+from ._steady import (
+    AbstractSteadyStateMethod as AbstractSteadyStateMethod,
+    Integrate as Integrate,
+    Newton as Newton,
+    STEADY_RESULTS as STEADY_RESULTS,
+    steady_state as steady_state,
+    SteadyState as SteadyState,
+    SteadyStateAdjoint as SteadyStateAdjoint,
+)
 
 # --- choosing and checking (issue 6)
 
