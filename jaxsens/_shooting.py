@@ -250,12 +250,12 @@ def multiple_shooting_loss(
     ([`jaxsens.collocation.two_stage_fit`][]) if you can.
     """
     ts, data = _check_data(ts, data)
+    segments = _Segments.make(ts.shape[0], n_segments)
     _check_starts(model, n_segments, data)
     if isinstance(continuity_weight, (int, float)) and continuity_weight < 0:
         raise ValueError(
             f"`continuity_weight` must be >= 0, got {continuity_weight!r}."
         )
-    segments = _Segments.make(ts.shape[0], n_segments)
     _, ys, _ = predict_segments(model, ts, n_segments, sensitivity=sensitivity,
                                 solver=solver, rtol=rtol, atol=atol, dt0=dt0,
                                 max_steps=max_steps)
