@@ -377,6 +377,7 @@ def speed(problem_key, *, rounds, per_round, fresh_compile, log):
             if fns[m] is not None:
                 g = flat_grad(fns[m][2])
                 row["warm"] = statistics.median(times[m])
+                row["min"] = min(times[m])
                 row["n"] = len(times[m])
                 row["relerr"] = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
                 row["relerr_rca"] = float(
@@ -514,20 +515,22 @@ def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta):
             f"forward steps {acc + rej} = "
             f"{acc} accepted + {rej} rejected)",
             "",
-            "| method | warm | × diffrax RCA | compile | rel. error vs ref | "
+            "| method | warm (median) | min | × diffrax RCA | compile "
+            "| rel. error vs ref | "
             "rel. error vs diffrax RCA | backward steps (accepted) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for m, r in rows.items():
             if "warm" not in r:
-                lines.append(f"| {m} | failed | | | | | |")
+                lines.append(f"| {m} | failed | | | | | | |")
                 continue
             bwd = r.get("bwd")
             bwd_s = f"{bwd[0]} ({bwd[1]})" if bwd else ""
             if bwd and bwd[2]:
                 bwd_s += " **backward loop FAILED, no error raised**"
             lines.append(
-                f"| {m} | {fmt_s(r['warm'])} | {r['warm'] / rca:.2f} "
+                f"| {m} | {fmt_s(r['warm'])} | {fmt_s(r['min'])} "
+                f"| {r['warm'] / rca:.2f} "
                 f"| {fmt_s(r['compile'])} | {r['relerr']:.1e} | {r['relerr_rca']:.1e} "
                 f"| {bwd_s} |"
             )
@@ -572,9 +575,11 @@ def plots(speed_res, mem_rows):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(speed_res), figsize=(6 * len(speed_res), 5))
+    fig, axes = plt.subplots(
+        1, max(1, len(speed_res)), figsize=(6 * max(1, len(speed_res)), 5)
+    )
     axes = np.atleast_1d(axes)
-    for ax, (_, res) in zip(axes, speed_res.items(), strict=True):
+    for ax, (_, res) in zip(axes, speed_res.items(), strict=False):
         names = [m for m in res["rows"] if "warm" in res["rows"][m]]
         vals = [res["rows"][m]["warm"] * 1e3 for m in names]
         colors = ["tab:blue" if m in OURS else "tab:gray" for m in names]
@@ -636,8 +641,19 @@ def main():
     os.makedirs(RESULTS_DIR, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
     cmd = "/work/venv/bin/python bench/bench_core.py" + (" --quick" if a.quick else "")
-    speed_res, target_res = {}, {}
+    # Each part is saved as JSON, so `--no-speed` / `--no-memory` runs re-use the
+    # other part's last results when writing the markdown.
+    speed_json = os.path.join(RESULTS_DIR, "core_speed.json")
+    mem_json = os.path.join(RESULTS_DIR, "core_memory.json")
+    meta = {
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "jaxsens": os.environ.get("JAXSENS_REV", jaxsens.__file__),
+        "cmd": cmd,
+    }
     if not a.no_speed:
+        speed_res, target_res = {}, {}
         rounds, per_round = (4, 5) if a.quick else (6, 5)
         for key in a.problems.split(","):
             res = speed(
@@ -647,16 +663,31 @@ def main():
             target_res[key] = targets(res, key)
             for name, passed, detail in target_res[key]:
                 log(f"  {'PASS' if passed else 'FAIL'}: {name} — {detail}")
+        with open(speed_json, "w") as fh:
+            json.dump({"speed": speed_res, "targets": target_res, "meta": meta}, fh)
+    elif os.path.exists(speed_json):
+        with open(speed_json) as fh:
+            d = json.load(fh)
+        speed_res, target_res, meta = d["speed"], d["targets"], d["meta"]
+    else:
+        speed_res, target_res = {}, {}
     mem_steps = [1_000, 10_000] if a.quick else [1_000, 10_000, 100_000]
-    mem_rows = {} if a.no_memory else memory(mem_steps, log)
-    meta = {
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "jaxsens": os.environ.get("JAXSENS_REV", jaxsens.__file__),
-    }
+    if not a.no_memory:
+        mem_rows = memory(mem_steps, log)
+        with open(mem_json, "w") as fh:
+            json.dump(
+                {"rows": [[s, n, r] for (s, n), r in mem_rows.items()], "meta": meta},
+                fh,
+            )
+    elif os.path.exists(mem_json):
+        with open(mem_json) as fh:
+            mem_rows = {(s, n): r for s, n, r in json.load(fh)["rows"]}
+    else:
+        mem_rows = {}
     with open(a.out, "w") as fh:
-        fh.write(markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta))
+        fh.write(
+            markdown(meta["cmd"], speed_res, target_res, mem_rows, mem_steps, meta)
+        )
     plots(speed_res, mem_rows)
     log(f"wrote {a.out}")
 
