@@ -20,8 +20,9 @@ class RESULTS(eqx.Enumeration):
     )
     backsolve_diverged = (
         "`BacksolveAdjoint`: re-integrating `y` backwards in time diverged from the "
-        "states saved on the forward pass (the problem is dissipative, so the "
-        "backward problem is unstable). The gradient would be wrong. Use "
+        "states saved on the forward pass, or could not be continued (the problem "
+        "is dissipative or stiff, so `y` run backwards is unstable). The gradient "
+        "would be wrong. Use "
         "`jaxsens.InterpolatingAdjoint()` (or `QuadratureAdjoint()`/"
         "`GaussAdjoint()`), which never re-integrate `y` backwards."
     )

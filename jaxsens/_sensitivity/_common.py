@@ -61,3 +61,18 @@ def vjp_params(problem: Problem, t, y, lam):
     _, vjp = jax.vjp(lambda d_: problem.f(t, y, d_), problem.diff)
     (lam_d,) = vjp(lam)
     return lam_d
+
+
+def dense_evaluate(interp, t):
+    """`y(t)` from a forward solve's dense output, extrapolating the first/last
+    step's polynomial just outside `[t0, t1]`.
+
+    diffrax's own `evaluate` returns NaN there, but implicit solvers such as
+    `Kvaerno5` place stages outside their step (c > 1), so the backward pass's
+    last step looks slightly before `t0`.
+    """
+    ts = interp.ts
+    index = jnp.searchsorted(ts, t, side="left")
+    index = jnp.clip(index - 1, 0, jnp.maximum(interp.ts_size - 2, 0))
+    info = jtu.tree_map(lambda x: x[index], interp.infos)
+    return interp.interpolation_cls(t0=ts[index], t1=ts[index + 1], **info).evaluate(t)

@@ -83,6 +83,7 @@ def backward_loop(
     """
     term = dfx.ODETerm(lambda s, z, _: vf(s, z))
     controller = make_controller(solver, rtol, atol, dt0, norm=norm)
+    solver = _root_finder_tolerances(solver, controller)
     error_order = solver.error_order(term)
     s1_guess, cstate = controller.init(
         term, s0, s_end, z0, dt0, None, solver.func, error_order
@@ -165,6 +166,33 @@ def backward_loop(
         result,
     )
     return LoopOutput(z, extra, j, nsteps, nacc, result, s_prop - s)
+
+
+# diffrax's "take this tolerance from the step-size controller" marker, obtained
+# through its public API.
+_FROM_CONTROLLER = dfx.with_stepsize_controller_tols(dfx.VeryChord)().rtol
+
+
+def _root_finder_tolerances(solver, controller):
+    """An implicit solver's root finder may defer its tolerances to the step-size
+    controller (`diffrax.use_stepsize_tol`); `diffeqsolve` fills them in, and since
+    this loop drives `solver.step` itself, so must we."""
+    finder = getattr(solver, "root_finder", None)
+    if finder is None:
+        return solver
+    for attr in ("rtol", "atol", "norm"):
+        if getattr(finder, attr, None) is _FROM_CONTROLLER:
+            if not isinstance(controller, dfx.PIDController):
+                raise ValueError(
+                    f"The implicit solver's root finder takes its `{attr}` from an "
+                    "adaptive step-size controller, but this solve takes constant "
+                    "steps; give the root finder explicit tolerances."
+                )
+            solver = eqx.tree_at(
+                lambda s: getattr(s.root_finder, attr), solver,
+                getattr(controller, attr),
+            )
+    return solver
 
 
 def gauss_legendre(n: int, dtype) -> tuple[Array, Array]:

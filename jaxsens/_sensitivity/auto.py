@@ -39,6 +39,18 @@ class Auto(AbstractSensitivity):
     forward_threshold: int = 100
 
     def choose(self, field, y0, ts, args) -> AbstractSensitivity:
+        # Linear systems (issue 3) are never time-stepped: exact `expm` up to
+        # n = 2000 (O(n³), measured in bench/bench_linear.py), Krylov expm-actions
+        # above that or when `A` is only available as a matvec.
+        from .._linear_field import LinearField
+        from .krylov import KrylovExpm
+        from .linear import LinearExpm
+
+        if isinstance(field, LinearField):
+            n_state = sum(int(np.size(x)) for x in jtu.tree_leaves(y0))
+            if n_state > 2000 or field.is_matrix_free(args):
+                return KrylovExpm()
+            return LinearExpm()
         n, p = count_sizes(field, y0, args)
         if n + p <= self.forward_threshold:
             return Forward()

@@ -98,15 +98,20 @@ class BacksolveAdjoint(AbstractAdjoint):
         )
         y, lam, mu = out.z
         drift = jnp.maximum(out.extra, _drift(y, problem.y0, rtol, atol))
-        budget = out.result == RESULTS.backward_max_steps_reached
-        # Divergence usually shows first as an exhausted step budget: tell the two
-        # apart by the drift met so far and by the size of the re-integrated state.
+        # Divergence usually shows first as an exhausted step budget or a failed
+        # implicit step rather than as drift at a save time.
+        budget = (out.result == RESULTS.backward_max_steps_reached) | (
+            out.result == RESULTS.solver_failed
+        )
+        # Tell the two apart by the drift met so far and by the size of the
+        # re-integrated state.
         scale = _max_abs(ys)
         size = _max_abs(y)
         blown_up = ~(size <= 1e3 * (scale + atol))
         diverged = jnp.where(
             budget, (out.extra > self.max_drift) | blown_up, drift > self.max_drift
         )
+        diverged = diverged | (out.result == RESULTS.solver_failed)
         result = RESULTS.where(
             ((out.result == RESULTS.successful) | budget) & diverged,
             RESULTS.backsolve_diverged,

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._common import Jumps, tree_add, vjp_params, vjp_y, zeros_like
+from ._common import dense_evaluate, Jumps, tree_add, vjp_params, vjp_y, zeros_like
 from ._loop import backward_loop, check, gauss_legendre, rms_norm
 from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
 
@@ -18,7 +18,7 @@ def node_integral(problem, interp, solver, s_a, s_b, dense, nodes, weights):
     s_nodes = s_a + nodes * h
     local = solver.interpolation_cls(t0=s_a, t1=s_b, **dense)
     lams = jax.vmap(local.evaluate)(s_nodes)
-    ys = jax.vmap(interp.evaluate)(-s_nodes)
+    ys = jax.vmap(lambda t: dense_evaluate(interp, t))(-s_nodes)
     grads = jax.vmap(lambda s, y, lam: vjp_params(problem, -s, y, lam))(
         s_nodes, ys, lams
     )
@@ -77,7 +77,7 @@ class GaussAdjoint(AbstractAdjoint):
         nodes, weights = gauss_legendre(self.nodes, jnp.result_type(problem.ts))
 
         def vf(s, lam):
-            return vjp_y(problem, -s, interp.evaluate(-s), lam)
+            return vjp_y(problem, -s, dense_evaluate(interp, -s), lam)
 
         def jump_fn(lam, mu, j):
             return tree_add(lam, jumps.cotangent(j)), mu

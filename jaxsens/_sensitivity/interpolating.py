@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._solution import RESULTS
-from ._common import Jumps, tree_add, vjp_y_and_params, zeros_like
+from ._common import dense_evaluate, Jumps, tree_add, vjp_y_and_params, zeros_like
 from ._loop import backward_loop, check, rms_norm
 from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
 
@@ -100,7 +100,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
             def vf(s, z):
                 lam, _ = z
                 t = -s
-                _, lam_y, lam_d = vjp_y_and_params(problem, t, interp.evaluate(t), lam)
+                _, lam_y, lam_d = vjp_y_and_params(problem, t, dense_evaluate(interp, t), lam)
                 return lam_y, lam_d
 
             return vf

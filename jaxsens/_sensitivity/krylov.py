@@ -59,6 +59,18 @@ class _Affine(eqx.Module):
         return jnp.concatenate([top, jnp.zeros((1,), top.dtype)])
 
 
+class _Config(eqx.Module):
+    """The static cfg of one Krylov solve."""
+
+    m: int = eqx.field(static=True)
+    kmax: int = eqx.field(static=True)
+    tol: float = eqx.field(static=True)
+    symmetric: bool = eqx.field(static=True)
+
+    def basis(self, mv, v):
+        return (lanczos if self.symmetric else arnoldi)(mv, v, self.m)
+
+
 def _safe_div(x, d):
     ok = d > 0
     return jnp.where(ok, x / jnp.where(ok, d, 1.0), 0.0)
@@ -100,6 +112,42 @@ def arnoldi(mv, v, m: int):
     return basis, hess, beta, avnorm
 
 
+def lanczos(mv, v, m: int):
+    """Lanczos for a symmetric `A` (three-term recurrence, O(n) per iteration
+    instead of Arnoldi's O(m n)); same outputs as `arnoldi`, `H̃` tridiagonal.
+    No reorthogonalisation: for the exponential the loss of orthogonality does
+    not spoil the approximation (Druskin & Knizhnerman 1995; Expokit's `dsexpv`).
+    """
+    beta = jnp.linalg.norm(v)
+    v1 = _safe_div(v, beta)
+
+    def step(carry, _):
+        v_prev, v_cur, b_prev = carry
+        w = mv(v_cur)
+        wnorm = jnp.linalg.norm(w)
+        w = w - b_prev * v_prev
+        alpha = jnp.dot(v_cur, w)
+        w = w - alpha * v_cur
+        hn = jnp.linalg.norm(w)
+        # Breakdown: the Krylov space is invariant; later vectors, α, β are zero.
+        hn = jnp.where(hn <= 1e-12 * wnorm, 0.0, hn)
+        v_next = _safe_div(w, hn)
+        return (v_cur, v_next, hn), (v_next, alpha, hn)
+
+    zero = jnp.zeros((), v.dtype)
+    (_, v_last, _), (vs, alphas, betas) = lax.scan(
+        step, (jnp.zeros_like(v), v1, zero), None, length=m
+    )
+    basis = jnp.concatenate([v1[None], vs])
+    hess = jnp.zeros((m + 2, m + 2), v.dtype)
+    idx = jnp.arange(m)
+    hess = hess.at[idx, idx].set(alphas).at[idx + 1, idx].set(betas)
+    hess = hess.at[idx[:-1], idx[:-1] + 1].set(betas[:-1])
+    avnorm = jnp.linalg.norm(mv(v_last))
+    hess = hess.at[m + 1, m].set(1.0)
+    return basis, hess, beta, avnorm
+
+
 def _error(f, avnorm, m: int):
     """Expokit's local error estimate (relative to β) and the exponent 1/m or
     1/(m-1) of its step-size rule."""
@@ -132,44 +180,50 @@ def _initial_step(hess, m: int, tol):
     return jnp.exp(log_tau)
 
 
-def adaptive_expm_step(mv, w, tau_max, tau_try, tol, m: int):
+def adaptive_expm_step(mv, w, tau_max, tau_try, cfg: _Config):
     """One accepted Krylov substep from `w`, of length τ ≤ `tau_max` (first try
     `min(tau_max, tau_try)`; `tau_try = inf` uses Expokit's initial guess).
 
     Returns `(V, H̃, β, f, τ, τ_next, rejects, ok)` with `f = expm(τ H̃)`.
     """
-    basis, hess, beta, avnorm = arnoldi(mv, w, m)
+    m, tol = cfg.m, cfg.tol
+    basis, hess, beta, avnorm = cfg.basis(mv, w)
     tau0 = jnp.where(jnp.isinf(tau_try), _initial_step(hess, m, tol), tau_try)
     tau0 = jnp.minimum(tau0, tau_max)
 
-    def attempt(tau):
-        f = expm(tau * hess)
-        err, xm = _error(f, avnorm, m)
-        return f, err, xm
-
+    # One loop for the first attempt and the rejections (one `expm` call site).
     def cond(c):
-        _, _, err, _, rej = c
-        return (err > _DELTA * tol) & (rej < _MAX_REJECTS)
+        _, _, err, _, rej, first = c
+        return first | ((err > _DELTA * tol) & (rej < _MAX_REJECTS))
 
     def body(c):
-        tau, _, err, xm, rej = c
-        tau = tau * jnp.minimum(_factor(err, xm, tol), 0.5)
-        f, err, xm = attempt(tau)
-        return tau, f, err, xm, rej + 1
+        tau, _, err, xm, rej, first = c
+        tau = jnp.where(first, tau, tau * jnp.minimum(_factor(err, xm, tol), 0.5))
+        f = expm(tau * hess)
+        err, xm = _error(f, avnorm, m)
+        return tau, f, err, xm, rej + jnp.where(first, 0, 1), jnp.array(False)
 
-    f, err, xm = attempt(tau0)
-    tau, f, err, xm, rej = lax.while_loop(cond, body, (tau0, f, err, xm, jnp.array(0)))
+    init = (
+        tau0,
+        jnp.zeros_like(hess),
+        jnp.array(jnp.inf, hess.dtype),
+        jnp.array(1.0 / m, hess.dtype),
+        jnp.array(0),
+        jnp.array(True),
+    )
+    tau, f, err, xm, rej, _ = lax.while_loop(cond, body, init)
     ok = err <= _DELTA * tol
     tau_next = tau * _factor(err, xm, tol)
     return basis, hess, beta, f, tau, tau_next, rej, ok
 
 
-def _forward_interval(mv, z, length, tau_try, tol, m, kmax, record):
+def _forward_interval(mv, z, length, tau_try, cfg: _Config, record: bool):
     """Propagate `z` over a save interval of length `length` by adaptive substeps.
 
     Returns `(z, tau_try, count, rejects, ok, record)`; with `record=True`,
     `record = (starts, taus)`: the substep start states (kmax, n) and lengths (kmax,).
     """
+    m, kmax = cfg.m, cfg.kmax
     zero = jnp.zeros((), length.dtype)
     rec = (
         (jnp.zeros((kmax,) + z.shape, z.dtype), jnp.zeros((kmax,), length.dtype))
@@ -185,7 +239,7 @@ def _forward_interval(mv, z, length, tau_try, tol, m, kmax, record):
         t_now, z, tau_try, count, rejects, ok, rec = c
         remaining = length - t_now
         basis, _, beta, f, tau, tau_next, rej, ok_step = adaptive_expm_step(
-            mv, z, remaining, tau_try, tol, m
+            mv, z, remaining, tau_try, cfg
         )
         if record:
             rec = (rec[0].at[count].set(z), rec[1].at[count].set(tau))
@@ -203,14 +257,12 @@ def _intervals(t0, ts):
     return jnp.diff(ts, prepend=t0[None])
 
 
-def _forward(mv, z0, t0, ts, settings):
-    m, kmax, tol = settings.krylov_dim, settings.max_substeps, settings.tol
-
+def _forward(mv, z0, t0, ts, cfg: _Config):
     def step(carry, length):
         z, tau_try, ok = carry
         tau_first = tau_try
         z, tau_try, count, rejects, ok_k, _ = _forward_interval(
-            mv, z, length, tau_try, tol, m, kmax, record=False
+            mv, z, length, tau_try, cfg, record=False
         )
         return (z, tau_try, ok & ok_k), (z, count, rejects, tau_first)
 
@@ -304,18 +356,20 @@ class KrylovExpm(AbstractSensitivity):
         dtype = jnp.result_type(y0, ts)
         affine = _Affine(op, b)
         diff, static = eqx.partition(affine, eqx.is_inexact_array)
+        symmetric = b is None and lx.is_symmetric(op)
+        cfg = _Config(self.krylov_dim, self.max_substeps, float(self.tol), symmetric)
         z0 = y0 if b is None else jnp.concatenate([y0, jnp.ones((1,), y0.dtype)])
         t0 = jnp.asarray(options.t0, dtype)
         zs, stats, result = _krylov_solve(
-            (diff, z0), static, ts.astype(dtype), t0, self, options.throw
+            (diff, z0), static, ts.astype(dtype), t0, cfg, options.throw
         )
         ys = zs if b is None else zs[:, :-1]
         return ys, stats, result
 
 
-def _primal(diff, static, z0, ts, t0, settings, throw):
+def _primal(diff, static, z0, ts, t0, cfg, throw):
     mv = eqx.combine(diff, static).mv
-    zs, counts, rejects, ok, tau_first = _forward(mv, z0, t0, ts, settings)
+    zs, counts, rejects, ok, tau_first = _forward(mv, z0, t0, ts, cfg)
     result = RESULTS.where(ok, RESULTS.successful, RESULTS.max_steps_reached)
     if throw:
         zs = eqx.error_if(
@@ -336,22 +390,22 @@ def _primal(diff, static, z0, ts, t0, settings, throw):
 
 
 @eqx.filter_custom_vjp
-def _krylov_solve(vjp_arg, static, ts, t0, settings, throw):
+def _krylov_solve(vjp_arg, static, ts, t0, cfg, throw):
     diff, z0 = vjp_arg
-    return _primal(diff, static, z0, ts, t0, settings, throw)[0]
+    return _primal(diff, static, z0, ts, t0, cfg, throw)[0]
 
 
 @_krylov_solve.def_fwd
-def _krylov_solve_fwd(perturbed, vjp_arg, static, ts, t0, settings, throw):
+def _krylov_solve_fwd(perturbed, vjp_arg, static, ts, t0, cfg, throw):
     del perturbed
     diff, z0 = vjp_arg
-    out, tau_first = _primal(diff, static, z0, ts, t0, settings, throw)
+    out, tau_first = _primal(diff, static, z0, ts, t0, cfg, throw)
     return out, (out[0], tau_first)
 
 
 @_krylov_solve.def_bwd
 def _krylov_solve_bwd(
-    residuals, grad_obj, perturbed, vjp_arg, static, ts, t0, settings, throw
+    residuals, grad_obj, perturbed, vjp_arg, static, ts, t0, cfg, throw
 ):
     del perturbed, throw
     diff, z0 = vjp_arg
@@ -360,27 +414,44 @@ def _krylov_solve_bwd(
     if zs_bar is None:
         zs_bar = jnp.zeros_like(zs)
     diff_bar, z0_bar = krylov_backward(
-        diff, static, z0, zs, zs_bar, tau_first, ts, t0, settings
+        diff, static, z0, zs, zs_bar, tau_first, ts, t0, cfg
     )
     return diff_bar, z0_bar
 
 
-def krylov_backward(diff, static, z0, zs, zs_bar, tau_first, ts, t0, settings):
+def krylov_backward(diff, static, z0, zs, zs_bar, tau_first, ts, t0, cfg):
     """`(∂L/∂diff, ∂L/∂z0)` given the cotangents `zs_bar` of the saved states."""
-    m, kmax, tol = settings.krylov_dim, settings.max_substeps, settings.tol
+    m = cfg.m
 
     def mv_of(d):
         return eqx.combine(d, static).mv
 
     mv = mv_of(diff)
-    _, mv_vjp = jax.vjp(mv, jnp.zeros_like(z0))
+    if cfg.symmetric:
+        mv_t = mv
+    else:
+        _, mv_vjp = jax.vjp(mv, jnp.zeros_like(z0))
 
-    def mv_t(v):
-        return mv_vjp(v)[0]
+        def mv_t(v):
+            return mv_vjp(v)[0]
+
+    dense = isinstance(eqx.combine(diff, static).op, lx.MatrixLinearOperator)
 
     def batched_param_vjp(basis, cots):
-        _, vjp = jax.vjp(lambda d: jax.vmap(mv_of(d))(basis), diff)
-        return vjp(cots)[0]
+        """`∂_θ Σ_b cots_bᵀ A(θ) basis_b`: the parameter cotangent of one substep."""
+        if dense:
+            # One outer-product contraction (a GEMM) for a dense matrix.
+            _, vjp = jax.vjp(lambda d: jax.vmap(mv_of(d))(basis), diff)
+            return vjp(cots)[0]
+
+        # A matrix-free operator: one vjp per basis vector, accumulated (XLA handles
+        # the vmapped transpose of stencils poorly: ~20x slower, measured).
+        def one(g, vc):
+            _, vjp = jax.vjp(lambda d: mv_of(d)(vc[0]), diff)
+            return jax.tree.map(jnp.add, g, vjp(vc[1])[0]), None
+
+        g, _ = lax.scan(one, jax.tree.map(jnp.zeros_like, diff), (basis, cots))
+        return g
 
     lengths = _intervals(t0, ts)
     starts = jnp.concatenate([z0[None], zs[:-1]])
@@ -388,34 +459,40 @@ def krylov_backward(diff, static, z0, zs, zs_bar, tau_first, ts, t0, settings):
     def substep_backward(i, carry, substarts, taus):
         """Backward over forward substep `i` (of the current interval)."""
         lam, gbar, sig_try, ok = carry
-        basis, hess, beta, _ = arnoldi(mv, substarts[i], m)
+        basis, hess, beta, _ = cfg.basis(mv, substarts[i])
         h_hat = hess[: m + 1, : m + 1]
 
+        # Cotangents of the rows of `basis`, accumulated over the backward pieces of
+        # this substep, so that the (costly) vjp of the matvec is taken once.
         def cond(c):
             r_end, _, _, _, _ = c
             return r_end > 0
 
         def body(c):
-            r_end, lam, gbar, sig_try, ok = c
+            r_end, lam, cots, sig_try, ok = c
             wbasis, ghess, gamma, f, sig, sig_next, _, ok_step = adaptive_expm_step(
-                mv_t, lam, r_end, sig_try, tol, m
+                mv_t, lam, r_end, sig_try, cfg
             )
             g_hat = ghess[: m + 1, : m + 1]
-            u = expm((r_end - sig) * h_hat)[:, 0]
             e1 = jnp.zeros((m + 1,), lam.dtype).at[0].set(1.0)
+            # The forward coefficients at the start of this piece (e₁ unless the
+            # forward substep was split on the way back).
+            offset = r_end - sig
+            u = lax.cond(offset > 0, lambda: expm(offset * h_hat)[:, 0], lambda: e1)
+            # Xᵀ = ∫₀^σ exp((σ-s)Ĥ) u e₁ᵀ exp(s Ĝᵀ) ds, the top-right block (built
+            # transposed so the (m+1)×n product below needs no transpose).
             block = jnp.block(
-                [[g_hat, jnp.outer(e1, u)], [jnp.zeros_like(g_hat), h_hat.T]]
+                [[h_hat, jnp.outer(u, e1)], [jnp.zeros_like(h_hat), g_hat.T]]
             )
-            x = expm(sig * block)[: m + 1, m + 1 :]
-            cots = (gamma * beta) * (x.T @ wbasis)
-            gbar = jax.tree.map(jnp.add, gbar, batched_param_vjp(basis, cots))
+            x_t = expm(sig * block)[: m + 1, m + 1 :]
+            cots = cots + (gamma * beta) * (x_t @ wbasis)
             lam = gamma * (wbasis.T @ f[: m + 1, 0])
             r_end = jnp.where(sig >= r_end, 0.0, r_end - sig)
-            return r_end, lam, gbar, sig_next, ok & ok_step
+            return r_end, lam, cots, sig_next, ok & ok_step
 
-        _, lam, gbar, sig_try, ok = lax.while_loop(
-            cond, body, (taus[i], lam, gbar, sig_try, ok)
-        )
+        init = (taus[i], lam, jnp.zeros_like(basis), sig_try, ok)
+        _, lam, cots, sig_try, ok = lax.while_loop(cond, body, init)
+        gbar = jax.tree.map(jnp.add, gbar, batched_param_vjp(basis, cots))
         return lam, gbar, sig_try, ok
 
     def interval(carry, k):
@@ -423,7 +500,7 @@ def krylov_backward(diff, static, z0, zs, zs_bar, tau_first, ts, t0, settings):
         lam = lam + zs_bar[k]
         # Re-run the forward substeps of this interval, recording their starts.
         _, _, count, _, _, (substarts, taus) = _forward_interval(
-            mv, starts[k], lengths[k], tau_first[k], tol, m, kmax, record=True
+            mv, starts[k], lengths[k], tau_first[k], cfg, record=True
         )
 
         def cond(c):

@@ -4,7 +4,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._common import Jumps, tree_add, vjp_y, zeros_like
+from ._common import dense_evaluate, Jumps, tree_add, vjp_y, zeros_like
 from ._loop import backward_loop, check, gauss_legendre, rms_norm
 from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
 from .gauss import node_integral
@@ -67,7 +67,7 @@ class QuadratureAdjoint(AbstractAdjoint):
         size = -(-max_steps // self.chunk) * self.chunk
 
         def vf(s, lam):
-            return vjp_y(problem, -s, interp.evaluate(-s), lam)
+            return vjp_y(problem, -s, dense_evaluate(interp, -s), lam)
 
         def jump_fn(lam, store, j):
             return tree_add(lam, jumps.cotangent(j)), store
