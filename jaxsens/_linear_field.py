@@ -89,6 +89,11 @@ class LinearField(eqx.Module):
         is taken from `y0`. This is the form for large stencils (heat equations):
         `KrylovExpm` then never forms an `n x n` matrix; `LinearExpm` materialises
         `A` column by column.
+    - `tags` (keyword only): lineax tags describing `A` when it is given as an array,
+        a function returning an array, or `matvec`, e.g. `lineax.symmetric_tag`
+        (unchecked, as in lineax): `KrylovExpm` then uses the Lanczos process,
+        O(n) instead of O(n m) work per Krylov vector. A lineax operator carries
+        its own tags.
 
     `A` and `b` must not depend on time: a callable `matrix(t, args)` is rejected
     with a pointer to the time-stepping methods. The state `y` is a 1-D array.
@@ -127,6 +132,7 @@ class LinearField(eqx.Module):
     matrix: Any
     forcing: Any
     matvec: Callable | None
+    tags: frozenset = eqx.field(static=True)
 
     def __init__(
         self,
@@ -137,6 +143,7 @@ class LinearField(eqx.Module):
         forcing: Float[ArrayLike, " n"] | Callable | None = None,
         *,
         matvec: Callable | None = None,
+        tags: object = (),
     ):
         if (matrix is None) == (matvec is None):
             raise ValueError(
@@ -192,15 +199,24 @@ class LinearField(eqx.Module):
         self.matrix = matrix
         self.forcing = forcing
         self.matvec = matvec
+        if isinstance(tags, (tuple, list, set, frozenset)):
+            self.tags = frozenset(tags)
+        else:
+            self.tags = frozenset([tags])
 
-    @property
-    def matrix_free(self) -> bool:
-        """True when `A` is given by its action only (`matvec=`, or a lineax operator
-        that is not a plain `MatrixLinearOperator`)."""
+    def is_matrix_free(self, args: PyTree) -> bool:
+        """True when `A(args)` is given by its action only (`matvec=`, or a lineax
+        operator other than `MatrixLinearOperator`). Decided at trace time."""
         if self.matvec is not None:
             return True
-        return isinstance(self.matrix, lx.AbstractLinearOperator) and not isinstance(
-            self.matrix, lx.MatrixLinearOperator
+        if isinstance(self.matrix, lx.AbstractLinearOperator):
+            op = self.matrix
+        elif callable(self.matrix):
+            op = eqx.filter_eval_shape(self.matrix, args)
+        else:
+            return False
+        return isinstance(op, lx.AbstractLinearOperator) and not isinstance(
+            op, lx.MatrixLinearOperator
         )
 
     def operator(
@@ -213,7 +229,7 @@ class LinearField(eqx.Module):
         if self.matvec is not None:
             struct = jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y))
             matvec = self.matvec
-            op = lx.FunctionLinearOperator(lambda v: matvec(args, v), struct)
+            op = lx.FunctionLinearOperator(lambda v: matvec(args, v), struct, self.tags)
         else:
             a = self.matrix
             if callable(a) and not isinstance(a, lx.AbstractLinearOperator):
@@ -223,7 +239,7 @@ class LinearField(eqx.Module):
             elif _is_array(a):
                 a = jnp.asarray(a)
                 _check_square(a.shape)
-                op = lx.MatrixLinearOperator(a)
+                op = lx.MatrixLinearOperator(a, self.tags)
             else:
                 raise TypeError(
                     "`LinearField`: `matrix(args)` must return an (n, n) array or a "
