@@ -19,6 +19,8 @@ estimates for ODE parameters); Roesch et al. 2021 (collocation for neural ODEs,
 DiffEqFlux's `collocate_data`).
 """
 
+import functools as ft
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -127,9 +129,21 @@ def smooth(
     if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
         raise ValueError(f"`degree` must be an int >= 1, got {degree!r}.")
     ts, data = _check_samples(ts, data, degree)
+    if bandwidth is None:
+        h = jnp.zeros((), ts.dtype)
+    else:
+        if isinstance(bandwidth, (int, float)) and not bandwidth > 0:
+            raise ValueError(f"`bandwidth` must be positive, got {bandwidth!r}.")
+        h = jnp.asarray(bandwidth, ts.dtype)
+    u, du, h = _smooth(ts, data, h, degree, bandwidth is None)
+    return Smoothing(ts=ts, u=u, du=du, bandwidth=h)
+
+
+@ft.partial(jax.jit, static_argnums=(3, 4))
+def _smooth(ts, data, h, degree, cross_validate):
     shape = data.shape
     y = data.reshape(shape[0], -1)
-    if bandwidth is None:
+    if cross_validate:
         candidates = _candidate_bandwidths(ts)
 
         def cv(h):
@@ -140,10 +154,6 @@ def smooth(
         scores = jax.lax.map(cv, candidates)
         scores = jnp.where(jnp.isfinite(scores), scores, jnp.inf)
         h = candidates[jnp.argmin(scores)]
-    else:
-        if isinstance(bandwidth, (int, float)) and not bandwidth > 0:
-            raise ValueError(f"`bandwidth` must be positive, got {bandwidth!r}.")
-        h = jnp.asarray(bandwidth, ts.dtype)
     coeffs, _ = _local_fits(ts, y, h, degree)
     coeffs = eqx.error_if(
         coeffs,
@@ -154,7 +164,7 @@ def smooth(
     )
     u = coeffs[:, 0, :].reshape(shape)
     du = (coeffs[:, 1, :] / h).reshape(shape)
-    return Smoothing(ts=ts, u=u, du=du, bandwidth=h)
+    return u, du, h
 
 
 def collocation_loss(

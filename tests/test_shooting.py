@@ -13,11 +13,11 @@ import pytest
 import jaxsens
 from jaxsens._shooting import optax_loop
 from jaxsens.shooting import (
+    ShootingModel,
     init_model,
     multiple_shooting_loss,
     predict_segments,
     segment_bounds,
-    ShootingModel,
 )
 
 

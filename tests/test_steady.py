@@ -256,7 +256,7 @@ def test_trace_time_errors():
         jaxsens.steady_state(f, {}, CD)
     with pytest.raises(ValueError, match="has no error estimate"):
         jaxsens.steady_state(f, Y0, CD, method=jaxsens.Integrate(solver=dfx.Euler()))
-    with pytest.raises(ValueError, match=r"`Newton\(max_steps=...\)` must be a positive"):
+    with pytest.raises(ValueError, match=r"`Newton\(max_steps=...\)` must be a pos"):
         jaxsens.Newton(max_steps=0)
     with pytest.raises(ValueError, match=r"`Integrate\(rtol=...\)` must be positive"):
         jaxsens.Integrate(rtol=-1.0)
