@@ -18,6 +18,16 @@ from ._solve import solve as solve
 # --- linear systems (issue 3)
 
 # --- models, controls, training (issue 4)
+from . import nn as nn
+from ._batch import BatchedField as BatchedField, batched_field as batched_field
+from ._control import Control as Control
+from ._fit import (
+    FitResult as FitResult,
+    fit as fit,
+    load_model as load_model,
+    save_model as save_model,
+)
+from ._shard import sharded as sharded
 
 # --- steady states, shooting, collocation (issue 5)
 from . import collocation as collocation, shooting as shooting
