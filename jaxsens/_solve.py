@@ -54,7 +54,7 @@ def _check_field_output(field, t0, y0, args):
     if not callable(field):
         raise TypeError(f"`field` must be callable as `field(t, y, args)`, got {field!r}.")
     try:
-        out = jax.eval_shape(field, t0, y0, args)
+        out = eqx.filter_eval_shape(field, t0, y0, args)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         raise type(e)(
             f"Calling `field(t0, y0, args)` failed while checking its output: {e}"

@@ -82,8 +82,7 @@ def backward_loop(
     `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info)`.
     """
     term = dfx.ODETerm(lambda s, z, _: vf(s, z))
-    controller = make_controller(solver, rtol, atol, dt0, norm=norm)
-    solver = _root_finder_tolerances(solver, controller)
+    solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
     error_order = solver.error_order(term)
     s1_guess, cstate = controller.init(
         term, s0, s_end, z0, dt0, None, solver.func, error_order
@@ -104,8 +103,12 @@ def backward_loop(
         z1, zerr, dense, sstate1, sres = solver.step(
             term, s, s1, z, None, sstate, made_jump
         )
+        # Step sizes are not differentiated (as in diffrax): stopping gradients here
+        # also keeps the controller's internal custom_vjp out of forward-over-adjoint
+        # (Hessian-vector product) traces.
+        sg = lax.stop_gradient
         keep, next_s0, next_s1, _, cstate1, _ = controller.adapt_step_size(
-            s, s1, z, z1, None, zerr, error_order, cstate
+            sg(s), sg(s1), sg(z), sg(z1), None, sg(zerr), error_order, sg(cstate)
         )
         ok = sres == dfx.RESULTS.successful
         keep = keep & ok
@@ -171,6 +174,19 @@ def backward_loop(
 # diffrax's "take this tolerance from the step-size controller" marker, obtained
 # through its public API.
 _FROM_CONTROLLER = dfx.with_stepsize_controller_tols(dfx.VeryChord)().rtol
+
+
+def prepare_solver(solver, rtol, atol, dt0, norm=rms_norm):
+    """The backward solver (with its root finder's tolerances filled in) and its
+    step-size controller."""
+    controller = make_controller(solver, rtol, atol, dt0, norm=norm)
+    if isinstance(solver, dfx.AbstractRungeKutta) and solver.scan_kind is None:
+        # As diffrax's `ForwardMode`: a plain loop over the stages, which
+        # forward-mode AD (Hessian-vector products over the adjoint) can trace.
+        solver = eqx.tree_at(
+            lambda s: s.scan_kind, solver, "lax", is_leaf=lambda x: x is None
+        )
+    return _root_finder_tolerances(solver, controller), controller
 
 
 def _root_finder_tolerances(solver, controller):

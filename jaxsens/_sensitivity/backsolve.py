@@ -94,6 +94,7 @@ class BacksolveAdjoint(AbstractAdjoint):
             vf=vf, z0=z0, s0=jumps.s0, s_end=jumps.s_end, jump_times=jumps.times,
             num_jumps=jumps.num, jump_index=0, jump_fn=jump_fn, solver=solver,
             rtol=rtol, atol=atol, norm=norm, max_steps=max_steps,
+            dt0=problem.options.dt0,
             extra0=jnp.array(0.0, dtype),
         )
         y, lam, mu = out.z

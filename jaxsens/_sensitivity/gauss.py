@@ -91,7 +91,7 @@ class GaussAdjoint(AbstractAdjoint):
             vf=vf, z0=jumps.initial(), s0=jumps.s0, s_end=jumps.s_end,
             jump_times=jumps.times, num_jumps=jumps.num, jump_index=0,
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
-            max_steps=max_steps, on_step=on_step, extra0=zeros_like(problem.diff),
+            max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=zeros_like(problem.diff),
         )
         lam = check(out.z, out.result, problem.options.throw)
         return out.extra, lam

@@ -119,7 +119,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
 
         z0 = (jumps.initial(), zeros_like(problem.diff))
         if self.checkpoints is None:
-            out = run(residuals, z0, jumps.s0, jumps.s_end, 0, None)
+            out = run(residuals, z0, jumps.s0, jumps.s_end, 0, problem.options.dt0)
             (lam, mu), result = out.z, out.result
         else:
             cps, ycps = residuals
@@ -133,7 +133,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
                     problem.options, adjoint=dfx.ForwardMode(), t0=cps[i],
                     saveat=dfx.SaveAt(t1=True, dense=True), max_steps=seg_steps,
                 )
-                out = run(sol.interpolation, z, -cps[i + 1], -cps[i], j, None)
+                out = run(sol.interpolation, z, -cps[i + 1], -cps[i], j, problem.options.dt0)
                 seg_result = diffrax_result(sol.result)
                 seg_result = RESULTS.where(
                     seg_result == RESULTS.successful,

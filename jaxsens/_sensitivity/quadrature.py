@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._common import dense_evaluate, Jumps, tree_add, vjp_y, zeros_like
-from ._loop import backward_loop, check, gauss_legendre, rms_norm
+from ._loop import backward_loop, check, gauss_legendre, prepare_solver, rms_norm
 from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
 from .gauss import node_integral
 
@@ -74,10 +74,13 @@ class QuadratureAdjoint(AbstractAdjoint):
 
         term = dfx.ODETerm(lambda s, lam, _: vf(s, lam))
         lam0 = jumps.initial()
+        step_solver, _ = prepare_solver(solver, rtol, atol, problem.options.dt0)
+        s1 = jumps.s0 + 1e-3
         dense_shape = jax.eval_shape(
-            lambda: solver.step(term, jumps.s0, jumps.s0 + 1e-3, lam0, None,
-                                solver.init(term, jumps.s0, jumps.s0 + 1e-3, lam0,
-                                            None), False)[2]
+            lambda: step_solver.step(
+                term, jumps.s0, s1, lam0, None,
+                step_solver.init(term, jumps.s0, s1, lam0, None), False,
+            )[2]
         )
         store0 = (
             jnp.zeros(size, dtype),
@@ -95,7 +98,7 @@ class QuadratureAdjoint(AbstractAdjoint):
             vf=vf, z0=lam0, s0=jumps.s0, s_end=jumps.s_end,
             jump_times=jumps.times, num_jumps=jumps.num, jump_index=0,
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
-            max_steps=max_steps, on_step=on_step, extra0=store0,
+            max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=store0,
         )
         sa, sb, dn, count = out.extra
 
