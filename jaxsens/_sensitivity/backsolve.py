@@ -118,5 +118,6 @@ class BacksolveAdjoint(AbstractAdjoint):
             RESULTS.backsolve_diverged,
             out.result,
         )
-        lam = check(lam, result, problem.options.throw)
-        return mu, lam
+        # Attach the check to every output: JAX drops unused outputs (and an error
+        # attached only to them) when e.g. only parameter gradients are needed.
+        return check((mu, lam), result, problem.options.throw)

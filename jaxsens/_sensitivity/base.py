@@ -154,6 +154,11 @@ class Problem(eqx.Module):
 
 
 def as_problem(field, y0, ts, args, options) -> Problem:
+    # Python floats in `args` become arrays, so they are traced (and trainable)
+    # the same way in every solve; ints stay static (they may set shapes).
+    args = jtu.tree_map(
+        lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args
+    )
     # Closure conversion makes arrays closed over by a plain function (or hidden in
     # a Module) explicit leaves, so the custom_vjp can return their cotangents.
     field = eqx.filter_closure_convert(field, options.t0, y0, args)
@@ -208,9 +213,15 @@ class AbstractAdjoint(AbstractSensitivity):
         return ys, stats, result
 
 
+def _as_arrays(tree):
+    # Outside `jit`, equinox may hand Python-scalar leaves to the rule as
+    # array-like wrappers; the closure-converted field wants real arrays.
+    return jtu.tree_map(jnp.asarray, tree)
+
+
 @eqx.filter_custom_vjp
 def _adjoint_solve(vjp_arg, static, ts, adjoint, options):
-    diff, y0 = vjp_arg
+    diff, y0 = _as_arrays(vjp_arg)
     ys, stats, result, _ = adjoint.forward(Problem(diff, static, y0, ts, options))
     return checked(ys, result, options.throw), stats, result
 
@@ -218,7 +229,7 @@ def _adjoint_solve(vjp_arg, static, ts, adjoint, options):
 @_adjoint_solve.def_fwd
 def _adjoint_solve_fwd(perturbed, vjp_arg, static, ts, adjoint, options):
     del perturbed
-    diff, y0 = vjp_arg
+    diff, y0 = _as_arrays(vjp_arg)
     ys, stats, result, residuals = adjoint.forward(
         Problem(diff, static, y0, ts, options)
     )
@@ -229,7 +240,7 @@ def _adjoint_solve_fwd(perturbed, vjp_arg, static, ts, adjoint, options):
 def _adjoint_solve_bwd(residuals, grad_obj, perturbed, vjp_arg, static, ts, adjoint,
                        options):
     del perturbed
-    diff, y0 = vjp_arg
+    diff, y0 = _as_arrays(vjp_arg)
     problem = Problem(diff, static, y0, ts, options)
     ys_bar = grad_obj[0]
     ys_like = jtu.tree_map(

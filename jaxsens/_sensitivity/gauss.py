@@ -93,5 +93,4 @@ class GaussAdjoint(AbstractAdjoint):
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
             max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=zeros_like(problem.diff),
         )
-        lam = check(out.z, out.result, problem.options.throw)
-        return out.extra, lam
+        return check((out.extra, out.z), out.result, problem.options.throw)

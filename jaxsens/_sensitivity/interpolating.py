@@ -148,6 +148,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
                 segment, init, jnp.arange(self.checkpoints - 1, -1, -1)
             )
             lam, mu = z
-        lam = check(lam, result, problem.options.throw)
-        return mu, lam
+        # Attach the check to every output: JAX drops unused outputs (and an error
+        # attached only to them) when e.g. only parameter gradients are needed.
+        return check((mu, lam), result, problem.options.throw)
 

@@ -117,5 +117,4 @@ class QuadratureAdjoint(AbstractAdjoint):
 
         n_chunks = (count + self.chunk - 1) // self.chunk
         mu = lax.fori_loop(0, n_chunks, integrate_chunk, zeros_like(problem.diff))
-        lam = check(out.z, out.result, problem.options.throw)
-        return mu, lam
+        return check((mu, out.z), out.result, problem.options.throw)
