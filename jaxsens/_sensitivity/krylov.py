@@ -521,11 +521,12 @@ def krylov_backward(diff, static, z0, zs, zs_bar, tau_first, ts, t0, cfg):
     (lam, gbar, _, ok), _ = lax.scan(
         interval, init, jnp.arange(ts.shape[0] - 1, -1, -1)
     )
-    lam = eqx.error_if(
-        lam,
+    # Checked on both outputs: either may be dead code in the caller's gradient.
+    gbar, lam = eqx.error_if(
+        (gbar, lam),
         ~ok,
         "`KrylovExpm`: the backward (adjoint) Krylov stepping failed its error "
-        "control. "
-        "Increase `krylov_dim` or loosen `tol`.",
+        "control, or the cotangent of `ys` is not finite (check the loss for "
+        "NaN/inf). Otherwise increase `krylov_dim` or loosen `tol`.",
     )
     return gbar, lam
