@@ -16,6 +16,9 @@ from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import solve as solve
 
 # --- linear systems (issue 3)
+from ._linear_field import LinearField as LinearField
+from ._sensitivity.krylov import KrylovExpm as KrylovExpm
+from ._sensitivity.linear import LinearExpm as LinearExpm
 
 # --- models, controls, training (issue 4)
 from . import nn as nn
