@@ -41,6 +41,15 @@ class ShootingModel(eqx.Module):
     - `starts`: the state at the start of each segment, shape
         `(n_segments, *state_shape)`.
     - `args`: passed to `field` (e.g. mechanistic parameters).
+
+    **Example:**
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp, jaxsens
+    model = jaxsens.shooting.ShootingModel(lambda t, y, k: -k * y,
+                                           starts=jnp.ones((3, 2)), args=jnp.array(0.5))
+    eqx.filter(model, eqx.is_inexact_array).starts.shape    # trainable: (3, 2)
+    ```
     """
 
     field: object

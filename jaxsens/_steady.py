@@ -25,7 +25,18 @@ from jaxtyping import Array, ArrayLike, Int, PyTree
 
 
 class STEADY_RESULTS(eqx.Enumeration):
-    """Why [`jaxsens.steady_state`][] failed. Raised as an error when `throw=True`."""
+    """Why [`jaxsens.steady_state`][] failed. Raised as an error when `throw=True`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp, jaxsens
+    osc = lambda t, y, a: jnp.stack([y[1], -y[0]])      # a centre: never settles
+    ss = jaxsens.steady_state(osc, jnp.ones(2), throw=False,
+                              method=jaxsens.Integrate(max_steps=50))
+    ss.result == jaxsens.STEADY_RESULTS.not_steady      # True
+    ```
+    """
 
     successful = ""
     newton_failed = (
@@ -33,7 +44,9 @@ class STEADY_RESULTS(eqx.Enumeration):
         "converge from `y0` (it diverged, hit non-finite values, or used all of "
         "`max_steps`). Start closer to the steady state, increase "
         "`Newton(max_steps=...)`, or use `method=jaxsens.Integrate()`, which follows "
-        "the dynamics to the stable steady state they reach from `y0`."
+        "the dynamics to the stable steady state they reach from `y0`. (Above 200 "
+        "states Newton's steps use matrix-free GMRES, which can stall on badly "
+        "conditioned Jacobians: try `Newton(linear_solver=lineax.LU())`.)"
     )
     newton_singular = (
         "`jaxsens.steady_state`: Newton's method met a singular Jacobian `f_y` "
@@ -90,6 +103,25 @@ def _check_tols(name, rtol, atol):
             raise ValueError(f"`{name}({label}=...)` must be positive, got {tol!r}.")
 
 
+DENSE_MAX = 200
+"""States up to this size get dense linear algebra by default (LU of the
+materialised Jacobian), larger ones matrix-free GMRES: the crossover measured in
+`bench/results/steady.md` (b)."""
+
+
+def _size(tree) -> int:
+    return sum(int(x.size) for x in jtu.tree_leaves(tree))
+
+
+def _check_linear_solver(name, solver):
+    if solver is not None and not isinstance(solver, lx.AbstractLinearSolver):
+        raise TypeError(
+            f"`{name}(linear_solver=...)` must be a lineax solver such "
+            f"as `lineax.LU()` or `lineax.GMRES(rtol=1e-8, atol=1e-8)`, got "
+            f"{solver!r}."
+        )
+
+
 def _default_tol(dtype) -> float:
     # eps**0.6: 4e-10 in float64, 7e-5 in float32. Newton converges quadratically,
     # so the final residual is usually far below this.
@@ -105,7 +137,23 @@ class AbstractSteadyStateMethod(eqx.Module):
 
     Subclasses implement `find(field, y0, args) -> (y, result, stats)`, where
     `field(t, y, args)` is evaluated at `t = 0`. Gradients never go through `find`:
-    they come from [`jaxsens.SteadyStateAdjoint`][].
+    they come from [`jaxsens.SteadyStateAdjoint`][], so any search works.
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp, jaxsens
+
+    class Picard(jaxsens.AbstractSteadyStateMethod):   # y <- y + h f(y)
+        def find(self, field, y0, args):
+            y = jax.lax.fori_loop(0, 200, lambda i, y: y + 0.5 * field(0.0, y, args),
+                                  y0)
+            return y, jaxsens.STEADY_RESULTS.successful, {}
+
+    f = lambda t, y, k: k - y
+    jax.grad(lambda k: jaxsens.steady_state(f, jnp.zeros(2), k,
+                                            method=Picard()).y.sum())(2.0)  # 2.0
+    ```
     """
 
     @abc.abstractmethod
@@ -128,9 +176,13 @@ class Newton(AbstractSteadyStateMethod):
     - `rtol`, `atol`: convergence tolerances of `optimistix.Newton` (default:
         `eps**0.6` of the state's dtype, 4e-10 in float64).
     - `max_steps`: iteration budget.
-    - `linear_solver`: the lineax solver for the Newton steps (default: dense LU;
-        pass e.g. `lineax.GMRES(rtol=1e-8, atol=1e-8)` for a matrix-free
-        Newton–Krylov method on large systems).
+    - `linear_solver`: the lineax solver for the Newton steps. Default `None`:
+        dense LU (lineax's `AutoLinearSolver`) for states of at most
+        `DENSE_MAX = 200` entries, matrix-free GMRES on `jax.linearize` of the
+        field (Newton–Krylov) above, where forming and factorising `f_y` costs
+        O(n³) per step (measured on a 1000-state reaction–diffusion system: 0.59 s
+        dense vs 8 ms Newton–Krylov, see `bench/results/steady.md`). Pass
+        `lineax.LU()` or `lineax.GMRES(...)` to choose.
 
     **Example:**
 
@@ -145,20 +197,29 @@ class Newton(AbstractSteadyStateMethod):
     rtol: float | None = None
     atol: float | None = None
     max_steps: int = 256
-    linear_solver: lx.AbstractLinearSolver = lx.AutoLinearSolver(well_posed=None)
+    linear_solver: lx.AbstractLinearSolver | None = None
 
     def __check_init__(self):
         _check_positive_int("Newton(max_steps=...)", self.max_steps)
         _check_tols("Newton", self.rtol, self.atol)
+        _check_linear_solver("Newton", self.linear_solver)
 
     def find(self, field, y0, args):
         dtype = _tree_dtype(y0)
         rtol = _default_tol(dtype) if self.rtol is None else self.rtol
         atol = _default_tol(dtype) if self.atol is None else self.atol
         t = jnp.zeros((), dtype)
+        linear_solver = self.linear_solver
+        if linear_solver is None:
+            n = _size(y0)
+            linear_solver = (
+                lx.AutoLinearSolver(well_posed=None)
+                if n <= DENSE_MAX
+                else lx.GMRES(rtol=rtol, atol=atol, restart=min(n, 50))
+            )
         sol = optx.root_find(
             lambda y, a: field(t, y, a),
-            optx.Newton(rtol=rtol, atol=atol, linear_solver=self.linear_solver),
+            optx.Newton(rtol=rtol, atol=atol, linear_solver=linear_solver),
             y0,
             args,
             max_steps=self.max_steps,
@@ -188,29 +249,32 @@ class Integrate(AbstractSteadyStateMethod):
     changing, then (by default) polish it with a few Newton steps.
 
     The integration runs to `t = ∞` and stops at diffrax's steady-state event
-    (`diffrax.steady_state_event`: `‖f(y)‖ < atol + rtol‖y‖`). An explicit solver
-    with adaptive steps only gets `y` to within its tolerance of `y*` (near the
-    steady state its steps grow until they sit on the edge of stability), while the
-    implicit function theorem assumes `f(y*) = 0` exactly (seed 001's caveat), so
-    `polish` runs Newton from there: it starts in Newton's quadratic basin and
-    makes `f(y*)` vanish to round-off.
+    (`diffrax.steady_state_event`: `‖f(y)‖ < atol + rtol‖y‖`). That only gets `y`
+    to within tolerance of `y*`, while the implicit function theorem assumes
+    `f(y*) = 0` exactly (seed 001's caveat), so `polish` runs Newton from there:
+    it starts in Newton's quadratic basin and makes `f(y*)` vanish to round-off.
+    If the polish fails (e.g. `f_y` is singular because of a conservation law) the
+    integrated state is kept, and `stats["polished"]` is `False`.
 
-    Opinion: integrate with an implicit (L-stable) solver, the default. Near a
-    steady state an explicit solver's adaptive steps grow until they sit on the
-    edge of its stability region, where the state keeps jittering at the
-    tolerance level and the steady-state test may never pass: with `Tsit5` and
-    `rtol = atol = 1e-6` this already happens on a two-state chain whose rates
-    differ by a factor of 10, while `Kvaerno3` stops after ~150 steps on the same
-    chain with rates differing by 10^4.
+    Which solver (default `None`: by state size, like
+    [`jaxsens.SteadyStateAdjoint`][]):
 
-    If the polish fails (e.g. `f_y` is singular
-    because of a conservation law) the integrated state is kept, and
-    `stats["polished"]` is `False`.
+    - up to `DENSE_MAX = 200` entries, the implicit `diffrax.Kvaerno3()`. Near a
+      steady state an explicit solver's adaptive steps grow until they sit on the
+      edge of its stability region, where the state jitters at the tolerance level
+      and the steady-state test may never pass: with `Tsit5` at
+      `rtol = atol = 1e-6` this already happens on a two-state chain whose rates
+      differ 10-fold, while `Kvaerno3` stops after ~150–300 steps on the same
+      chain with rates 10^4-fold apart.
+    - above, the explicit `diffrax.Tsit5()`: an implicit solver forms and
+      factorises a dense `n × n` Jacobian every step (measured: 37 s for 1000
+      states, against 2 ms for `Tsit5` plus a Newton–Krylov polish). If it does
+      not settle (the `not_steady` error), pass `solver=diffrax.Kvaerno3()` and
+      accept the cost, or use [`jaxsens.Newton`][] from a good guess.
 
     **Arguments:**
 
-    - `solver`: diffrax solver (default `diffrax.Kvaerno3()`, implicit: see
-        below).
+    - `solver`: a diffrax solver, or `None` (see above).
     - `rtol`, `atol`: step-size tolerances, also the steady-state criterion.
     - `dt0`: initial step (default: automatic).
     - `max_steps`: the integration's step budget.
@@ -226,7 +290,7 @@ class Integrate(AbstractSteadyStateMethod):
     ```
     """
 
-    solver: dfx.AbstractSolver = dfx.Kvaerno3()
+    solver: dfx.AbstractSolver | None = None
     rtol: float = 1e-6
     atol: float = 1e-6
     dt0: float | None = None
@@ -236,7 +300,7 @@ class Integrate(AbstractSteadyStateMethod):
     def __check_init__(self):
         _check_positive_int("Integrate(max_steps=...)", self.max_steps)
         _check_tols("Integrate", self.rtol, self.atol)
-        if not isinstance(self.solver, dfx.AbstractSolver):
+        if self.solver is not None and not isinstance(self.solver, dfx.AbstractSolver):
             raise TypeError(
                 "`Integrate(solver=...)` must be a diffrax solver such as "
                 f"`diffrax.Tsit5()`, got {self.solver!r}."
@@ -249,11 +313,14 @@ class Integrate(AbstractSteadyStateMethod):
 
     def find(self, field, y0, args):
         dtype = _tree_dtype(y0)
-        if isinstance(self.solver, dfx.AbstractAdaptiveSolver):
+        solver = self.solver
+        if solver is None:
+            solver = dfx.Kvaerno3() if _size(y0) <= DENSE_MAX else dfx.Tsit5()
+        if isinstance(solver, dfx.AbstractAdaptiveSolver):
             controller = dfx.PIDController(rtol=self.rtol, atol=self.atol)
         elif self.dt0 is None:
             raise ValueError(
-                f"`Integrate(solver={type(self.solver).__name__}())` has no error "
+                f"`Integrate(solver={type(solver).__name__}())` has no error "
                 "estimate, so it takes constant steps: pass `Integrate(dt0=...)`, or "
                 "use an adaptive solver such as `diffrax.Tsit5()`."
             )
@@ -263,7 +330,7 @@ class Integrate(AbstractSteadyStateMethod):
                                                  norm=optx.rms_norm))
         sol = dfx.diffeqsolve(
             dfx.ODETerm(field),
-            self.solver,
+            solver,
             jnp.zeros((), dtype),
             jnp.inf,
             self.dt0,
@@ -310,7 +377,9 @@ class SteadyStateAdjoint(eqx.Module):
     `y*` and one vjp of `f`, whatever the forward pass did (Newton iterations or
     10^4 integration steps). `f_y` is never formed for large systems: the
     matrix-free path applies `f_yᵀ` by `jax.vjp`. Cost and memory are those of one
-    linear solve, independent of how long the system took to settle.
+    linear solve, independent of how long the system took to settle. Reverse mode
+    only (`jax.grad`, `jax.vjp`, `jax.jacrev`, under `jit`/`vmap`); `jax.jvp`
+    raises, as for every `custom_vjp`.
 
     The gradient is exact for the exact steady state; the forward tolerance enters
     only through `f(y*) ≈ 0` (seed 001's caveat), which `Integrate(polish=...)`
@@ -342,17 +411,10 @@ class SteadyStateAdjoint(eqx.Module):
     """
 
     linear_solver: lx.AbstractLinearSolver | None = None
-    dense_threshold: int = 200
+    dense_threshold: int = 200  # = DENSE_MAX
 
     def __check_init__(self):
-        if self.linear_solver is not None and not isinstance(
-            self.linear_solver, lx.AbstractLinearSolver
-        ):
-            raise TypeError(
-                "`SteadyStateAdjoint(linear_solver=...)` must be a lineax solver such "
-                f"as `lineax.LU()` or `lineax.GMRES(rtol=1e-8, atol=1e-8)`, got "
-                f"{self.linear_solver!r}."
-            )
+        _check_linear_solver("SteadyStateAdjoint", self.linear_solver)
         _check_positive_int("SteadyStateAdjoint(dense_threshold=...)",
                             self.dense_threshold)
 
@@ -361,7 +423,7 @@ class SteadyStateAdjoint(eqx.Module):
         _, vjp_y = jax.vjp(fn_y, y_star)
         structure = jax.eval_shape(lambda: y_star)
         op = lx.FunctionLinearOperator(lambda v: vjp_y(v)[0], structure)
-        size = sum(x.size for x in jtu.tree_leaves(y_star))
+        size = _size(y_star)
         solver = self.linear_solver
         if solver is None:
             if size <= self.dense_threshold:
@@ -412,6 +474,14 @@ class SteadyState(eqx.Module):
     - `stats`: `num_steps` (integration steps, `Integrate` only),
         `num_newton_steps`, and `polished` (`Integrate` with `polish`: whether the
         Newton polish converged; if not, `y` is the integrated state).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp, jaxsens
+    ss = jaxsens.steady_state(lambda t, y, k: k - y, jnp.zeros(2), 2.0)
+    ss.y, ss.stats["num_steps"], ss.result == jaxsens.STEADY_RESULTS.successful
+    ```
     """
 
     y: PyTree[Array]
@@ -519,10 +589,22 @@ def _arrays(diff):
     return jtu.tree_map(jnp.asarray, diff)
 
 
+class _Field(eqx.Module):
+    """The closure-converted field, callable with a Python-float `t` (as custom
+    methods will) and `args` of the traced structure."""
+
+    field: eqx.Module
+    args: PyTree
+
+    def __call__(self, t, y, args):
+        del args  # always the traced `args`: what the field was converted with
+        return self.field(jnp.asarray(t, _tree_dtype(y)), y, self.args)
+
+
 def _find(diff, static, y0, method, throw):
     diff = _arrays(diff)
     field, args = eqx.combine(diff, static)
-    y, result, stats = method.find(field, y0, args)
+    y, result, stats = method.find(_Field(field, args), y0, args)
     if throw:
         y = result.error_if(y, result != STEADY_RESULTS.successful)
     return y, result, stats

@@ -109,6 +109,31 @@ def test_closed_form_integrate():
     assert int(ss.stats["num_steps"]) > 0 and bool(ss.stats["polished"])
 
 
+def test_large_state_defaults_are_matrix_free():
+    # n > DENSE_MAX: Integrate uses Tsit5 + a Newton–Krylov polish, Newton uses
+    # GMRES steps, the adjoint GMRES with vjps. y* = M⁻¹ p, ∂(w·y*)/∂p = M⁻ᵀ w.
+    n = 250
+    p = jax.random.uniform(jax.random.key(1), (n,), minval=0.5, maxval=1.5)
+    w = jax.random.normal(jax.random.key(2), (n,))
+    field = lambda t, y, p: p - 0.5 * y + 0.2 * (jnp.roll(y, 1) - y)
+    m = 0.7 * jnp.eye(n) - 0.2 * jnp.roll(jnp.eye(n), 1, axis=0)
+
+    @jax.jit
+    def run(p):
+        out = []
+        for method in (jaxsens.Integrate(), jaxsens.Newton()):
+            loss = lambda p, m=method: w @ jaxsens.steady_state(
+                field, jnp.zeros(n), p, method=m).y
+            out.append(jax.value_and_grad(loss)(p))
+        return out
+
+    (v_int, g_int), (v_newton, g_newton) = run(p)
+    assert rel_err(v_int, w @ jnp.linalg.solve(m, p)) < 1e-9
+    assert rel_err(v_newton, w @ jnp.linalg.solve(m, p)) < 1e-9
+    assert rel_err(g_int, jnp.linalg.solve(m.T, w)) < 1e-7
+    assert rel_err(g_newton, jnp.linalg.solve(m.T, w)) < 1e-7
+
+
 def test_gradient_matches_finite_differences(net):
     field, gain = net
     params = (field, gain)
@@ -285,5 +310,7 @@ def test_trace_time_errors():
         jaxsens.Integrate(polish="newton")
     with pytest.raises(TypeError, match=r"linear_solver=...\)` must be a lineax"):
         jaxsens.SteadyStateAdjoint(linear_solver="lu")
+    with pytest.raises(TypeError, match=r"`Newton\(linear_solver=...\)` must be"):
+        jaxsens.Newton(linear_solver="lu")
     with pytest.raises(ValueError, match=r"dense_threshold=...\)` must be a positive"):
         jaxsens.SteadyStateAdjoint(dense_threshold=0)
