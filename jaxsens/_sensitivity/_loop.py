@@ -140,7 +140,9 @@ def backward_loop(
             sstate,
             cstate1,
             j + hit.astype(j.dtype),
-            hit,
+            # After a jump the solver's FSAL value is stale until a step from the
+            # new state is accepted: a rejected retry must not reuse it.
+            hit | (made_jump & ~keep),
             extra,
             nsteps + 1,
             nacc + keep.astype(nacc.dtype),
