@@ -8,10 +8,10 @@
   float32, t ∈ [0, 10], 100 save times, the control a `diffrax.LinearInterpolation`
   of 100 standard-normal values on the save times (passed as `args`),
   loss = Σ pred² / 100.
-- `long_solve(num_steps)`: the memory problem: state 64, ~1.2·10^4 parameters,
-  `y' = A y + W2 tanh(W1 y + b1) + b2` with `A` skew-symmetric (a rotation: the
-  flow is nearly conservative, so backsolve is stable) and a small MLP
-  perturbation. Tsit5 at rtol = atol = 1e-6 takes a number of steps proportional
+- `long_solve(num_steps)`: the memory problem: state 64, 10,336 parameters,
+  `y' = A y − c W1ᵀ tanh(W1 y + b1)` with `A` skew-symmetric (a rotation) and a
+  small, energy-removing MLP term, so the state stays bounded over 10^5 steps and
+  backsolve is stable. Tsit5 at rtol = atol = 1e-6 takes a number of steps proportional
   to the time span; `T` is set from a measured step rate so that the solve takes
   about `num_steps` steps (the exact count is measured and reported). An adaptive
   solver is used because jaxsens's continuous adjoints do not accept
@@ -177,35 +177,40 @@ def controlled_node(
 # --- (c) long solve, for memory ----------------------------------------------
 
 LONG_STATE = 64
-LONG_HIDDEN = 64
+LONG_HIDDEN = 96
+LONG_DAMPING = 0.002
 # Tsit5 steps per unit time at rtol = atol = 1e-6 for `long_field` (measured with
-# `bench/bench_core.py --calibrate`; the realised counts are reported in the table).
+# a forward solve; the realised counts are reported with the results).
 LONG_STEPS_PER_TIME = 2.49
 
 
 class LongField(eqx.Module):
-    """`y' = A y + W2 tanh(W1 y + b1) + b2`, 64 states, 12,416 parameters."""
+    """`y' = A y − c W1ᵀ tanh(W1 y + b1)`: 64 states, 10,336 parameters.
+
+    `A` starts skew-symmetric (a rotation) and the MLP term only removes energy
+    (`yᵀ W1ᵀ tanh(W1 y) ≥ 0` for `b1 = 0`), so `|y|` stays bounded over 10^5 steps
+    (a generic MLP perturbation grows like `exp(rate · T)` over such spans) and
+    the backward re-integration of `BacksolveAdjoint` grows by at most the same,
+    small, factor.
+    """
 
     A: jax.Array
     W1: jax.Array
     b1: jax.Array
-    W2: jax.Array
-    b2: jax.Array
 
     def __call__(self, t, y, args):
-        return self.A @ y + self.W2 @ jnp.tanh(self.W1 @ y + self.b1) + self.b2
+        return self.A @ y - LONG_DAMPING * (self.W1.T @ jnp.tanh(self.W1 @ y + self.b1))
 
 
 def long_field(key=None, dtype=jnp.float64) -> LongField:
     if key is None:
         key = jr.PRNGKey(0)
-    ka, k1, k2 = jr.split(key, 3)
+    ka, k1 = jr.split(key, 2)
     n, h = LONG_STATE, LONG_HIDDEN
     s = jr.normal(ka, (n, n), dtype)
     a = (s - s.T) / (2.0 * n**0.5)  # skew-symmetric: eigenvalues on the imaginary axis
     w1 = jr.normal(k1, (h, n), dtype) * (0.1 / n**0.5)
-    w2 = jr.normal(k2, (n, h), dtype) * (0.1 / h**0.5)
-    return LongField(a, w1, jnp.zeros((h,), dtype), w2, jnp.zeros((n,), dtype))
+    return LongField(a, w1, jnp.zeros((h,), dtype))
 
 
 def long_solve(
