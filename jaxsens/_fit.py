@@ -28,6 +28,10 @@ class FitResult(eqx.Module):
 
 def _split(model, filter_spec):
     params, static = eqx.partition(model, filter_spec)
+    # Weakly typed leaves (`jnp.array(0.0)`) turn strong after one update, which
+    # would retrace the step once: make them strong up front.
+    params = jax.tree_util.tree_map(
+        lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), params)
     if not jax.tree_util.tree_leaves(params):
         raise ValueError(
             "`fit`: the model has no trainable leaves under `filter_spec` (by default "
