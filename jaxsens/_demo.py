@@ -40,6 +40,7 @@ def true_field(t, y, u):
     return jnp.stack([v, -x - 0.3 * v - 0.5 * x**3 + u(t)])
 
 
+@eqx.filter_jit
 def make_data(n_controls: int, n_times: int, key):
     ts = jnp.linspace(0.0, 6.0, n_times)
     knots = jnp.linspace(0.0, 6.0, 13)
