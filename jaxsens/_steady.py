@@ -180,8 +180,9 @@ class Newton(AbstractSteadyStateMethod):
         dense LU (lineax's `AutoLinearSolver`) for states of at most
         `DENSE_MAX = 200` entries, matrix-free GMRES on `jax.linearize` of the
         field (Newton–Krylov) above, where forming and factorising `f_y` costs
-        O(n³) per step (measured on a 1000-state reaction–diffusion system: 0.59 s
-        dense vs 8 ms Newton–Krylov, see `bench/results/steady.md`). Pass
+        O(n³) per step (measured on a 1000-state reaction–diffusion system:
+        0.1–0.35 s with dense LU vs 8 ms with GMRES, `bench/results/steady.md`
+        (b)). Pass
         `lineax.LU()` or `lineax.GMRES(...)` to choose.
 
     **Example:**
@@ -267,8 +268,9 @@ class Integrate(AbstractSteadyStateMethod):
       differ 10-fold, while `Kvaerno3` stops after ~150–300 steps on the same
       chain with rates 10^4-fold apart.
     - above, the explicit `diffrax.Tsit5()`: an implicit solver forms and
-      factorises a dense `n × n` Jacobian every step (measured: 37 s for 1000
-      states, against 2 ms for `Tsit5` plus a Newton–Krylov polish). If it does
+      factorises a dense `n × n` Jacobian every step (measured on a 1000-state
+      reaction–diffusion system: a 38 s gradient with `Kvaerno3`, 10 ms with
+      `Tsit5` and a Newton–Krylov polish). If it does
       not settle (the `not_steady` error), pass `solver=diffrax.Kvaerno3()` and
       accept the cost, or use [`jaxsens.Newton`][] from a good guess.
 
