@@ -63,7 +63,7 @@ def _raw(diff, y0, static, ts, options):
 
 @eqx.filter_custom_jvp
 def _forward_solve(inputs, *, static, ts, options):
-    diff, y0 = inputs
+    diff, y0 = jtu.tree_map(jnp.asarray, inputs)
     return _raw(diff, y0, static, ts, options)
 
 
@@ -71,6 +71,8 @@ def _forward_solve(inputs, *, static, ts, options):
 def _forward_solve_jvp(primals, tangents, *, static, ts, options):
     (inputs,) = primals
     (t_inputs,) = tangents
+    # Outside `jit`, Python-scalar leaves may arrive as array-like wrappers.
+    inputs = jtu.tree_map(jnp.asarray, inputs)
     flat, unravel = ravel_pytree(inputs)
 
     def ys_of(x):
