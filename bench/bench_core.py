@@ -13,7 +13,7 @@ float64 `Discrete` reference at rtol = atol = 1e-10; forward and backward step
 counts; PASS/FAIL for the issue's targets.
 
 (c) Memory of `Discrete`, `BacksolveAdjoint` and `InterpolatingAdjoint(checkpoints=16)`
-on a long solve (state 64, 12,416 parameters, ~10^3, 10^4, 10^5 steps), each in a
+on a long solve (state 64, 10,336 parameters, ~10^3, 10^4, 10^5 steps), each in a
 fresh subprocess: XLA's `memory_analysis()` of the compiled gradient (temp
 buffers), and the resident-memory peak while the compiled gradient runs (peak reset
 through `/proc/self/clear_refs` after compiling), and the whole process's peak RSS

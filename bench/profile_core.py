@@ -280,7 +280,7 @@ def main():
         "700 calls)",
         "",
         "| piece | LV float64 | seed-002 NODE (float32) | long solve (64 states, "
-        "12,416 params) |",
+        "10,336 params) |",
         "| --- | ---: | ---: | ---: |",
     ]
     costs = {k: per_call_costs(bc.PROBLEMS[k]()) for k in ("lv64", "node")}
