@@ -42,8 +42,11 @@ def batched_field(field: Callable, args_axis: Any = 0) -> BatchedField:
         all members chosen from the RMS error norm over the whole batch (as
         torchdiffeq does with a batched state). The field's vjp w.r.t. the
         parameters sums over the batch inside the solve, so a continuous adjoint
-        carries one `μ` of size p. On seed 002 (100 controls) this is several times
-        faster for every method; see `bench/results/controls.md`.
+        carries one `μ` of size p. On seed 002 (100 controls, 2-core CPU) it was
+        about 2× faster than `vmap` with `Discrete()` (≈ 27 vs 50 ms per gradient)
+        and 2.5–13× with the continuous adjoints; see `bench/results/controls.md`.
+        Avoid `Forward()` here: it carries one tangent per input of the whole
+        batch, every control sample included.
 
     The price of sharing: the step size is set by the batch's error norm, an RMS
     over all members, so an individual member's local error is controlled on
