@@ -37,7 +37,8 @@ class NeuralODE(eqx.Module):
 
     **Returns:** a Module; `model(y0, ts, args)` gives `ys` of shape
     `(len(ts), *y0.shape)`, `model.solve(...)` the full `jaxsens.Solution`, and
-    `model.batched(...)` a batch solved with one shared step size.
+    `model.batched(...)` a batch solved with one shared step size. The settings
+    are static fields: change one with `dataclasses.replace(model, sensitivity=...)`.
 
     **Example:**
 
