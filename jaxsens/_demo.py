@@ -114,7 +114,10 @@ def run(argv=None) -> str:
         return jnp.mean((pred - ys) ** 2)
 
     result = fit(model, loss_fn, (controls, ys_true),
-                 optax.adam(optax.exponential_decay(1e-2, args.steps, 0.1)),
+                 optax.chain(
+                     optax.clip_by_global_norm(1.0),
+                     optax.adam(optax.warmup_cosine_decay_schedule(
+                         1e-3, 1e-2, min(20, args.steps), args.steps, 5e-4))),
                  args.steps, desc="training")
     print(f"loss {result.losses[0]:.3g} -> {result.losses[-1]:.3g}")
 
