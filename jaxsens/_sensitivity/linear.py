@@ -1,6 +1,9 @@
 """`LinearExpm`: the exact solution of a linear system by the matrix exponential."""
 
+import functools
+
 import equinox as eqx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from jax.scipy.linalg import expm
@@ -39,6 +42,44 @@ def _uniform_tol(t0, ts):
     return 64 * jnp.finfo(ts.dtype).eps * jnp.maximum(scale, 1.0)
 
 
+def _powers_scan(e, z, num):
+    def step(y, _):
+        y = e @ y
+        return y, y
+
+    # Unrolled: the per-iteration loop overhead dominates these small matvecs.
+    _, zs = lax.scan(step, z, None, length=num - 1, unroll=8)
+    return jnp.concatenate([z[None], zs])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def powers(e, z, num: int):
+    """`[z, E z, E² z, ..., E^(num-1) z]`, shape `(num, n)`.
+
+    Its JVP is written so that the parameter part is ONE matrix product: the
+    tangent obeys `ż_k = E ż_{k-1} + Ė z_{k-1}`, and the forcings `Ė z_{k-1}` for
+    all k are `Z Ėᵀ`. Transposed for reverse mode, `Ē = Σ_k λ_k z_{k-1}ᵀ` is then
+    one GEMM instead of a rank-one update per step (measured ~0.4 ms of 3.4 ms on
+    the stiff seed-000 problem, 200 steps).
+    """
+    return _powers_scan(e, z, num)
+
+
+@powers.defjvp
+def _powers_jvp(num, primals, tangents):
+    e, z = primals
+    de, dz = tangents
+    zs = powers(e, z, num)
+    forcing = zs[:-1] @ de.T
+
+    def step(dy, f):
+        dy = e @ dy + f
+        return dy, dy
+
+    _, dzs = lax.scan(step, dz, forcing, unroll=8)
+    return zs, jnp.concatenate([dz[None], dzs])
+
+
 def propagate(m, z0, t0, ts):
     """`z(t_k) = expm(M (t_k - t0)) z0` for every save time, as a `(T, n)` array.
 
@@ -56,15 +97,6 @@ def propagate(m, z0, t0, ts):
     h = (ts[-1] - ts[0]) / (num - 1)
     uniform = jnp.all(jnp.abs(dts[1:] - h) <= tol)
 
-    def scan_with(e, z):
-        def step(y, _):
-            y = e @ y
-            return y, y
-
-        # Unrolled: the per-iteration loop overhead dominates these small matvecs.
-        _, zs = lax.scan(step, z, None, length=num - 1, unroll=8)
-        return jnp.concatenate([z[None], zs])
-
     def uniform_branch(m, z0, dts):
         e = checked_expm(m * h)
         first = jnp.where(dts[0] == 0, 0, jnp.where(jnp.abs(dts[0] - h) <= tol, 1, 2))
@@ -72,7 +104,7 @@ def propagate(m, z0, t0, ts):
             first,
             [lambda: z0, lambda: e @ z0, lambda: checked_expm(m * dts[0]) @ z0],
         )
-        return scan_with(e, z1)
+        return powers(e, z1, num)
 
     def general_branch(m, z0, dts):
         def step(y, dt):
