@@ -17,11 +17,18 @@ piece of length σ `λ = γ Wᵀ exp((σ - r) Ĝ) e₁`. The time integral of th
 product is then exact, with no quadrature error: it is `γβ Wᵀ X V` with
 `X = ∫₀^σ exp((σ-r)Ĝ) e₁ uᵀ exp(r Ĥᵀ) dr`, the top-right block of
 `expm(σ [[Ĝ, e₁uᵀ], [0, Ĥᵀ]])` (Van Loan 1978), where u is the forward
-coefficient vector at the start of the piece. Since `∂_θ[λᵀAw]` is bilinear in
-(λ, w), the whole piece costs ONE batched vjp of the matvec over the m+1 rows of
-`V` with cotangents `Xᵀ W`. Only vectors of length n (m+1 of them at a time) and
-small matrices are ever formed: memory O(n·(m + max_substeps)), the last for the
-substep starts of one save interval, recomputed on the backward pass.
+coefficient vector at the start of the piece (computed transposed, as the block of
+`expm(σ [[Ĥ, u e₁ᵀ], [0, Ĝᵀ]])`). Since `∂_θ[λᵀAw]` is bilinear in (λ, w), the
+cotangents `Xᵀ W` of the m+1 rows of `V` are summed over the backward pieces of a
+forward substep, and each forward substep costs ONE vjp of the matvec per row of
+`V`. The gradient is therefore exact up to the Krylov approximation of `w` and
+`λ`, both under Expokit's error control (`tol`): no quadrature in time.
+
+For a symmetric `A` (lineax `symmetric_tag`) the basis comes from the Lanczos
+three-term recurrence, O(n) instead of O(n m) work per vector. Only vectors of
+length n (m+1 of them at a time) and small matrices are ever formed: memory
+O(n·(m + max_substeps)), the last for the substep starts of one save interval,
+recomputed on the backward pass.
 """
 
 import math
@@ -60,7 +67,7 @@ class _Affine(eqx.Module):
 
 
 class _Config(eqx.Module):
-    """The static cfg of one Krylov solve."""
+    """The static settings of one Krylov solve."""
 
     m: int = eqx.field(static=True)
     kmax: int = eqx.field(static=True)
@@ -278,20 +285,25 @@ class KrylovExpm(AbstractSensitivity):
     expm-actions, with its own VJP (no n×n matrix anywhere).
 
     Forward: `y(t_k) = expm(A Δt_k) y(t_{k-1})` computed as an *action* by the
-    Arnoldi process with Expokit's time stepping and error control (Sidje 1998):
-    each substep costs `krylov_dim + 1` matvecs and a small
-    `(krylov_dim+2)²` matrix exponential. Backward: the adjoint `λ` is stepped with
-    Krylov actions of `Aᵀ` (the transpose of the matvec, by autodiff), and the
-    parameter gradient `∫ ∂_θ[λᵀ A(θ) y] dt` is integrated *exactly* over every
-    substep with a small Van Loan block exponential, costing one batched vjp of the
-    matvec per substep. See this module's docstring for the derivation.
+    Arnoldi process (Lanczos for an `A` tagged `lineax.symmetric_tag`) with
+    Expokit's time stepping and error control (Sidje 1998): each substep costs
+    `krylov_dim + 1` matvecs and a small `(krylov_dim+2)²` matrix exponential.
+    Backward: the adjoint `λ` is stepped with Krylov actions of `Aᵀ` (the
+    transpose of the matvec, by autodiff), and the parameter gradient
+    `∫ ∂_θ[λᵀ A(θ) y] dt` is integrated *exactly* over every substep with a small
+    Van Loan block exponential, costing one vjp of the matvec per Krylov vector.
+    The gradient is exact up to the Krylov error control: 1e-14 relative to
+    `LinearExpm` on a 20×20 heat equation, 2e-13 on seed 000. See this module's
+    docstring for the derivation.
 
     Use it for a [`jaxsens.LinearField`][] that is large (n in the thousands to
     10^5) or given matrix-free (`LinearField(matvec=...)` or a lineax operator):
-    memory is `O(n · (krylov_dim + max_substeps))`. For small dense `A`,
-    [`jaxsens.LinearExpm`][] is exact and faster. Stiff problems cost more
-    substeps (Krylov methods converge once `krylov_dim` exceeds ~ √(‖A‖τ) for a
-    symmetric `A`), but never a stiff time integrator.
+    memory is `O(n · (krylov_dim + max_substeps))`. On a 100×100 heat equation
+    (n = 10^4, 10^4 diffusion coefficients) one gradient took 0.14 s and 16 MB,
+    against 1.4 s and 2.5 GB for `InterpolatingAdjoint()` (bench/bench_linear.py).
+    For small dense `A`, [`jaxsens.LinearExpm`][] is exact and faster. Stiff
+    problems cost more substeps (Krylov methods converge once `krylov_dim` exceeds
+    ~ √(‖A‖τ) for a symmetric `A`), but never a stiff time integrator.
 
     `rtol`, `atol`, `solver` and `max_steps` of `solve` are ignored. Supports
     `jax.grad`/`jax.vjp` (not `jax.jvp`: it is a `custom_vjp`), `jit` and `vmap`.
