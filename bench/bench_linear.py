@@ -513,7 +513,15 @@ def plot(all_results, path):
             for r in rows
         ]
         vals = [r["median_s"] * 1e3 for r in rows]
-        colors = ["tab:green" if "Expm" in lab else "tab:gray" for lab in labels]
+        wrong = [r.get("rel_err", 0.0) > 0.5 for r in rows]
+        labels = [
+            lab + " (WRONG grad.)" if w else lab
+            for lab, w in zip(labels, wrong, strict=True)
+        ]
+        colors = [
+            "tab:red" if w else ("tab:green" if "Expm" in lab else "tab:gray")
+            for lab, w in zip(labels, wrong, strict=True)
+        ]
         ax.barh(range(len(rows)), vals, color=colors)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels(labels, fontsize=7)
