@@ -87,7 +87,8 @@ def propagate(m, z0, t0, ts):
     matrix-vector products, the first step `t0 -> ts[0]` costing nothing when
     `t0 == ts[0]` and nothing extra when it equals `h`. Otherwise one `expm` per
     step, in a `scan` (sequential: `expm`'s data-dependent branches stay branches,
-    where `vmap` would turn them into `select`s that evaluate every Padé degree).
+    where `vmap` would turn them into `select`s that evaluate every Padé degree and
+    all 16 squarings; measured 2.5-4x slower for 50 steps at n = 100).
     """
     dts = jnp.diff(ts, prepend=t0[None])
     num = ts.shape[0]
