@@ -117,7 +117,7 @@ def run(argv=None) -> str:
                  optax.chain(
                      optax.clip_by_global_norm(1.0),
                      optax.adam(optax.warmup_cosine_decay_schedule(
-                         1e-3, 1e-2, min(20, args.steps), args.steps, 5e-4))),
+                         1e-3, 1e-2, max(1, min(20, args.steps // 5)), args.steps + 1, 5e-4))),
                  args.steps, desc="training")
     print(f"loss {result.losses[0]:.3g} -> {result.losses[-1]:.3g}")
 
