@@ -188,7 +188,7 @@ def solve(
     options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw)
     method = sensitivity
     if isinstance(method, Auto):
-        method = method.choose(field, y0, ts, args)
+        method = method.choose(field, y0, ts, args, solver=solver)
     # Each method raises (when `throw`) inside its own primal computation.
     ys, stats, result = method.solve(field, y0, ts, args, options)
     return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method)

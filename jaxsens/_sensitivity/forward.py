@@ -73,24 +73,26 @@ def _forward_solve_jvp(primals, tangents, *, static, ts, options):
     (t_inputs,) = tangents
     # Outside `jit`, Python-scalar leaves may arrive as array-like wrappers.
     inputs = jtu.tree_map(jnp.asarray, inputs)
-    flat, unravel = ravel_pytree(inputs)
+    # Only the perturbed leaves get tangent directions: under `grad` w.r.t. the
+    # field's weights, `args` (e.g. a control's samples) and `y0` cost nothing.
+    is_none = lambda t: t is None  # noqa: E731
+    perturbed = jtu.tree_map(lambda t: t is not None, t_inputs, is_leaf=is_none)
+    varying, fixed = eqx.partition(inputs, perturbed)
+    t_varying = eqx.filter(t_inputs, perturbed, is_leaf=is_none)
+    flat, unravel = ravel_pytree(varying)
 
     def ys_of(x):
-        diff, y0 = unravel(x)
-        return _raw(diff, y0, static, ts, options)[0]
+        diff, y0 = eqx.combine(unravel(x), fixed)
+        out = _raw(diff, y0, static, ts, options)
+        return out[0], out
 
-    ys, stats, flags = _raw(*inputs, static, ts, options)
-    # The sensitivity matrix: one vmapped tangent solve per input direction. It
-    # depends on the primal only, so under reverse mode the tangent map below is a
-    # plain contraction, which JAX transposes into `Sᵀ ȳ`.
-    sens = jax.jacfwd(ys_of)(flat)
-    t_inputs = jtu.tree_map(
-        lambda t, x: x if x is None else (jnp.zeros_like(x) if t is None else t),
-        t_inputs,
-        inputs,
-        is_leaf=lambda t: t is None,
-    )
-    t_flat, _ = ravel_pytree(t_inputs)
+    # The sensitivity matrix `S = ∂ys/∂(perturbed inputs)`: one vmapped tangent
+    # per perturbed scalar, carried by the same diffrax solve as the primal (the
+    # primal comes back as `aux`, so it is not solved twice). `S` depends on the
+    # primal only, so under reverse mode the tangent map below is a plain
+    # contraction, which JAX transposes into `Sᵀ ȳ`.
+    sens, (ys, stats, flags) = jax.jacfwd(ys_of, has_aux=True)(flat)
+    t_flat, _ = ravel_pytree(t_varying)
     t_ys = jtu.tree_map(lambda s: s @ t_flat.astype(s.dtype), sens)
     no_tangent = jtu.tree_map(lambda _: None, (stats, flags))
     return (ys, stats, flags), (t_ys, *no_tangent)
