@@ -45,6 +45,8 @@ from ._steady import (
 )
 
 # --- choosing and checking (issue 6)
+from ._check import GradientCheck as GradientCheck, check_gradient as check_gradient
+from ._explain import Explanation as Explanation, explain as explain
 
 
 __version__ = "0.1.0"
