@@ -1,7 +1,16 @@
 """Problem definitions shared by the benchmarks, one module per topic.
 
-`bench.problems.core` (Lotka–Volterra, seed 002's controlled neural ODE, the
+`bench.problems.suite` (the named problems of `python -m bench`, see
+`registry()`), `bench.problems.crossover` (the n, p sweep), `bench.problems.core`
+(Lotka–Volterra, seed 002's controlled neural ODE, the
 long-horizon memory case), `bench.problems.linear` (seed 000), ... Each module
 exposes plain functions returning arrays, fields and losses, so every script
 (and the suite of issue 6) builds the same problem the same way.
 """
+
+
+def registry():
+    """The suite's named problems (`python -m bench`): name -> builder(quick)."""
+    from .suite import REGISTRY
+
+    return REGISTRY

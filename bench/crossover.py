@@ -1,0 +1,474 @@
+"""Crossover study (issue 6): when does `Forward` beat the adjoints, and `Discrete`
+the continuous adjoints? Warm gradient time vs state size + parameter count.
+
+    /work/venv/bin/python -m bench.crossover            # full grid (~30 min)
+    /work/venv/bin/python -m bench.crossover --quick    # a few points (~4 min)
+    /work/venv/bin/python -m bench.crossover --solver stiff --repeats 5
+
+Field families (`bench/problems/crossover.py`): `mlp` (`y' = A y + U tanh(V y + b)`,
+p = 2nh + h, Tsit5), `few` (same coupling, p = 4, large n, Tsit5) and `stiff`
+(decay rates in [1, 10³], the same MLP, Kvaerno5). t ∈ [0, 1], 5 save times,
+float64, rtol = atol = 1e-6. Each grid point runs in a FRESH subprocess (with
+`OPENBLAS_NUM_THREADS=1`) holding every method, compiled one after the other
+(first call = trace + compile + one run, in-process) and then timed round-robin
+(`--repeats` rounds, default 15; a method stops being repeated once it has used
+`PER_METHOD_BUDGET_S`). A method predicted hopeless is skipped with the reason
+(`Forward` when ≈ 0.1·(n+p) × Discrete's time exceeds the budget; the adjoints
+whose backward state holds the p parameter adjoints are skipped with an implicit
+solver when n + p is large: Kvaerno5 factorises a dense (2n+p)² Jacobian).
+A point whose subprocess outlives `--timeout` is re-run without the method that
+was running.
+
+Writes `bench/results/crossover.json` (every point, every method: median and min
+warm time, first-call time, relative difference of the gradient from Discrete's),
+`bench/results/crossover.md` (the crossover points) and
+`bench/results/crossover.png` (time vs n + p per method; explicit | stiff).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")
+JSON_PATH = os.path.join(RESULTS_DIR, "crossover.json")
+
+METHODS = [
+    "Discrete",
+    "Forward",
+    "BacksolveAdjoint",
+    "InterpolatingAdjoint",
+    "QuadratureAdjoint",
+    "GaussAdjoint",
+]
+# `InterpolatingAdjoint(checkpoints=K)` is left out: a memory variant of
+# InterpolatingAdjoint, never faster (bench/results/core.md), and each method costs
+# ~5 s of compile per grid point. It is in the suite (`python -m bench`).
+# Adjoints whose backward state carries μ (p entries) through the implicit solver.
+AUGMENTED = {"BacksolveAdjoint", "InterpolatingAdjoint"}
+PER_METHOD_BUDGET_S = 6.0
+FORWARD_PER_INPUT = 0.1  # Forward ≈ this × (n + p) × Discrete, for skipping only
+IMPLICIT_AUGMENTED_MAX = 700  # n + p above which AUGMENTED adjoints skip on Kvaerno5
+
+# (family, n, h). n + p from 4 to ~10^4 along the diagonal n ≈ h, plus points with
+# a large state and few parameters and with a small state and many parameters.
+GRID = {
+    "explicit": [
+        ("mlp", 1, 1), ("mlp", 2, 2), ("mlp", 4, 4), ("mlp", 8, 4), ("mlp", 8, 8),
+        ("mlp", 16, 8), ("mlp", 16, 16), ("mlp", 32, 16), ("mlp", 32, 32),
+        ("mlp", 64, 32), ("mlp", 64, 64),
+        ("mlp", 2, 32), ("mlp", 2, 256), ("mlp", 2, 2048),
+        ("mlp", 256, 1), ("mlp", 1024, 1), ("mlp", 4096, 1),
+        ("few", 16, 0), ("few", 256, 0), ("few", 4096, 0),
+    ],
+    "stiff": [
+        ("stiff", 1, 1), ("stiff", 2, 2), ("stiff", 4, 4), ("stiff", 8, 4),
+        ("stiff", 8, 8), ("stiff", 16, 8), ("stiff", 16, 16), ("stiff", 32, 16),
+        ("stiff", 32, 32), ("stiff", 64, 32), ("stiff", 64, 64),
+        ("stiff", 2, 256), ("stiff", 2, 2048), ("stiff", 256, 1),
+    ],
+}
+QUICK = {
+    "explicit": [("mlp", 1, 1), ("mlp", 4, 4), ("mlp", 16, 8), ("mlp", 32, 32),
+                 ("mlp", 64, 64)],
+    "stiff": [("stiff", 1, 1), ("stiff", 4, 4), ("stiff", 16, 8), ("stiff", 32, 32)],
+}
+
+
+# --- child: one grid point ------------------------------------------------------
+
+
+def _method(name):
+    import jaxsens
+
+    return {
+        "Discrete": jaxsens.Discrete,
+        "Forward": jaxsens.Forward,
+        "BacksolveAdjoint": jaxsens.BacksolveAdjoint,
+        "InterpolatingAdjoint": jaxsens.InterpolatingAdjoint,
+        "InterpolatingAdjoint(checkpoints=4)": lambda: jaxsens.InterpolatingAdjoint(
+            checkpoints=4
+        ),
+        "QuadratureAdjoint": jaxsens.QuadratureAdjoint,
+        "GaussAdjoint": jaxsens.GaussAdjoint,
+    }[name]()
+
+
+def child(family, n, h, rounds, exclude):
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import diffrax as dfx
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.flatten_util import ravel_pytree
+
+    import jaxsens
+    from bench.problems import crossover as cp
+
+    pr = cp.make(family, n, h)
+    solver = dfx.Kvaerno5() if pr.stiff else dfx.Tsit5()
+
+    def grad_of(method):
+        def loss(params):
+            sol = jaxsens.solve(pr.field, pr.y0, pr.ts, params, solver=solver,
+                                sensitivity=method)
+            return pr.loss(sol.ys)
+
+        return jax.jit(jax.grad(loss))
+
+    def say(**kw):
+        print(json.dumps(kw), flush=True)
+
+    # Forward steps of the primal solve (for the record).
+    sol = jax.jit(lambda a: jaxsens.solve(pr.field, pr.y0, pr.ts, a, solver=solver,
+                                          sensitivity=jaxsens.Discrete()).stats)(
+        pr.params)
+    steps = int(sol["num_steps"])
+    rows, fns, grads = {}, {}, {}
+    for name in METHODS:
+        if name in exclude:
+            rows[name] = {"skipped": exclude[name]}
+            continue
+        if name == "Forward" and "Discrete" in fns:
+            est = FORWARD_PER_INPUT * (n + pr.p) * rows["Discrete"]["probe"]
+            if est > PER_METHOD_BUDGET_S:
+                rows[name] = {"skipped": f"predicted ≈ {est:.0f} s per gradient "
+                              f"(≈ {FORWARD_PER_INPUT}·(n+p) × Discrete)"}
+                continue
+        if pr.stiff and name in AUGMENTED and n + pr.p > IMPLICIT_AUGMENTED_MAX:
+            rows[name] = {"skipped": f"n + p = {n + pr.p} > {IMPLICIT_AUGMENTED_MAX}: "
+                          "Kvaerno5 on the augmented backward state (dense Jacobian)"}
+            continue
+        say(start=name)
+        f = grad_of(_method(name))
+        t = time.perf_counter()
+        try:
+            g = jax.block_until_ready(f(pr.params))
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            say(failed=name)
+            continue
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        jax.block_until_ready(f(pr.params))
+        probe = time.perf_counter() - t
+        rows[name] = {"first": first, "probe": probe, "times": [probe]}
+        fns[name] = f
+        grads[name] = np.asarray(ravel_pytree(g)[0])
+        say(done=name, first=first, probe=probe)
+    say(timing=True)
+    for _ in range(max(0, rounds - 1)):
+        for name, f in fns.items():
+            r = rows[name]
+            if sum(r["times"]) > PER_METHOD_BUDGET_S:
+                continue
+            t = time.perf_counter()
+            jax.block_until_ready(f(pr.params))
+            r["times"].append(time.perf_counter() - t)
+    ref = grads.get("Discrete")
+    for name in fns:
+        r = rows[name]
+        r["warm"] = statistics.median(r["times"])
+        r["min"] = min(r["times"])
+        r["n_warm"] = len(r["times"])
+        if ref is not None:
+            r["rel_diff_vs_discrete"] = float(
+                np.linalg.norm(grads[name] - ref) / max(np.linalg.norm(ref), 1e-300))
+        del r["times"], r["probe"]
+    say(result={"family": family, "n": n, "h": h, "p": pr.p, "n_plus_p": n + pr.p,
+                "solver": type(solver).__name__, "forward_steps": steps, "rows": rows})
+    del jnp
+
+
+# --- parent ---------------------------------------------------------------------
+
+
+def run_point(family, n, h, rounds, timeout, log):
+    exclude = {}
+    for _attempt in range(4):
+        cmd = [sys.executable, "-m", "bench.crossover", "--child", family, str(n),
+               str(h), "--repeats", str(rounds), "--exclude", json.dumps(exclude)]
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env, cwd=os.path.dirname(HERE))
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+            running = None
+            for x in lines:
+                if "start" in x:
+                    running = x["start"]
+                if "done" in x or "failed" in x:
+                    running = None
+                if "timing" in x:
+                    running = "timing"
+            if running in (None, "timing"):
+                rounds = 1
+                log(f"    timeout while timing; retrying with 1 round")
+            else:
+                exclude[running] = f"first call not finished within {timeout} s"
+                log(f"    timeout in {running}; retrying without it")
+            continue
+        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        res = [x["result"] for x in lines if "result" in x]
+        if not res:
+            log(f"    child failed: {err.strip().splitlines()[-1:]}")
+            return None
+        res = res[0]
+        res["wall_s"] = time.perf_counter() - t
+        return res
+    return None
+
+
+def meta_info():
+    import diffrax as dfx
+    import equinox as eqx
+    import jax
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=HERE).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "jaxsens"],
+                               capture_output=True, text=True,
+                               cwd=os.path.dirname(HERE)).stdout.strip()
+        rev += " (+ uncommitted jaxsens/ changes)" if dirty else ""
+    except OSError:
+        rev = "?"
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with 3 other "
+                   f"engineers' jobs), Python {platform.python_version()}",
+        "versions": f"jax {jax.__version__}, diffrax {dfx.__version__}, "
+                    f"equinox {eqx.__version__}",
+        "jaxsens": rev,
+        "load": os.getloadavg()[0],
+    }
+
+
+def fastest(pt, names=None):
+    rows = pt["rows"]
+    ok = [m for m in rows if "warm" in rows[m] and (names is None or m in names)]
+    return min(ok, key=lambda m: rows[m]["warm"]) if ok else None
+
+
+ADJOINTS = [m for m in METHODS if m not in ("Discrete", "Forward")]
+
+
+def analyse(points):
+    """Per solver kind: the points sorted by n + p with the fastest method, and the
+    crossover estimates (largest n + p where Forward wins, smallest where it loses)."""
+    out = {}
+    for kind in ("explicit", "stiff"):
+        pts = sorted((p for p in points if p["kind"] == kind),
+                     key=lambda p: p["n_plus_p"])
+        if not pts:
+            continue
+        fwd_wins = [p["n_plus_p"] for p in pts if fastest(p) == "Forward"]
+        fwd_loses = [p["n_plus_p"] for p in pts
+                     if fastest(p) not in (None, "Forward")]
+        out[kind] = {
+            "largest_forward_win": max(fwd_wins) if fwd_wins else None,
+            "smallest_forward_loss": min(fwd_loses) if fwd_loses else None,
+            "points": pts,
+        }
+    return out
+
+
+def ratio(pt, a, b):
+    r = pt["rows"]
+    if "warm" in r.get(a, {}) and "warm" in r.get(b, {}):
+        return r[a]["warm"] / r[b]["warm"]
+    return float("nan")
+
+
+def fmt_ms(s):
+    return "—" if s is None or s != s else f"{s * 1e3:.3g}"
+
+
+def markdown(data):
+    meta = data["meta"]
+    an = analyse(data["points"])
+    L = [
+        "# Crossover study: Forward vs adjoints vs Discrete (issue 6)",
+        "",
+        f"Command: `{meta['cmd']}` — {meta['date']}; {meta['machine']}; "
+        f"{meta['versions']}; jaxsens {meta['jaxsens']}; load average at start "
+        f"{meta['load']:.1f}.",
+        "",
+        "The machine was **shared** (2 cores, other engineers' test runs): times are "
+        "noisy; every method of a point was timed in the same process, round-robin, "
+        "so compare within a row. Warm = median of the round-robin calls (ms); the "
+        "grid is in `crossover.json` (with mins, first-call times and each gradient's "
+        "relative difference from Discrete's) for fitting a rule. Problems: "
+        "`bench/problems/crossover.py` (t ∈ [0, 1], 5 save times, float64, "
+        "rtol = atol = 1e-6; explicit = Tsit5 on `y' = A y + U tanh(V y + b)` or "
+        "the p = 4 `few` family; stiff = Kvaerno5, decay rates in [1, 10³]).",
+    ]
+    for kind, a in an.items():
+        L += ["", f"## {kind} ({a['points'][0]['solver']})", ""]
+        L.append(
+            f"- Forward fastest up to n + p = {a['largest_forward_win']}; "
+            f"first point where something else is fastest: n + p = "
+            f"{a['smallest_forward_loss']}."
+        )
+        L += [
+            "",
+            "| family | n | p | n+p | steps | fastest | Forward/best-reverse | "
+            "Discrete/best-adjoint | "
+            + " | ".join(METHODS) + " |",
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | "
+            + " | ".join("---:" for _ in METHODS) + " |",
+        ]
+        for p in a["points"]:
+            rows = p["rows"]
+            best_rev = fastest(p, ["Discrete"] + ADJOINTS)
+            best_adj = fastest(p, ADJOINTS)
+            cells = []
+            for m in METHODS:
+                r = rows.get(m, {})
+                if "warm" in r:
+                    cells.append(fmt_ms(r["warm"]))
+                elif "skipped" in r:
+                    cells.append("skip")
+                else:
+                    cells.append("fail")
+            L.append(
+                f"| {p['family']} | {p['n']} | {p['p']} | {p['n_plus_p']} "
+                f"| {p['forward_steps']} | {fastest(p)} "
+                f"| {ratio(p, 'Forward', best_rev) if best_rev else float('nan'):.2f} "
+                f"| {ratio(p, 'Discrete', best_adj) if best_adj else float('nan'):.2f} "
+                f"| " + " | ".join(cells) + " |"
+            )
+        notes = sorted({f"{m}: {r['skipped']}" for p in a["points"]
+                        for m, r in p["rows"].items() if "skipped" in r
+                        and "predicted" not in r["skipped"]})
+        errs = sorted({f"{m} (n={p['n']}, p={p['p']}): {r['error']}"
+                       for p in a["points"] for m, r in p["rows"].items()
+                       if "error" in r})
+        if notes or errs:
+            L += ["", "Skips and failures: " + "; ".join(notes + errs) + "."]
+    return "\n".join(L) + "\n"
+
+
+def plot(data):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    an = analyse(data["points"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, kind in zip(axes, ("explicit", "stiff"), strict=True):
+        if kind not in an:
+            ax.set_title(f"{kind}: no data")
+            continue
+        pts = [p for p in an[kind]["points"] if p["family"] != "few"]
+        few = [p for p in an[kind]["points"] if p["family"] == "few"]
+        for i, m in enumerate(METHODS):
+            xs = [p["n_plus_p"] for p in pts if "warm" in p["rows"].get(m, {})]
+            ys = [p["rows"][m]["warm"] * 1e3 for p in pts if "warm" in p["rows"].get(m, {})]
+            style = dict(color=f"C{i}", lw=2.2 if m in ("Discrete", "Forward") else 1.2)
+            if xs:
+                ax.plot(xs, ys, "o", label=m, ms=4, **style)
+            xs = [p["n_plus_p"] for p in few if "warm" in p["rows"].get(m, {})]
+            ys = [p["rows"][m]["warm"] * 1e3 for p in few if "warm" in p["rows"].get(m, {})]
+            if xs:
+                ax.plot(xs, ys, "x", color=f"C{i}", ms=7)
+        # lines through the diagonal n ≈ h points only (a 1-D family)
+        diag = sorted([p for p in pts if p["n"] == p["h"] or p["h"] == p["n"] // 2],
+                      key=lambda p: p["n_plus_p"])
+        for i, m in enumerate(METHODS):
+            xs = [p["n_plus_p"] for p in diag if "warm" in p["rows"].get(m, {})]
+            ys = [p["rows"][m]["warm"] * 1e3 for p in diag if "warm" in p["rows"].get(m, {})]
+            ax.plot(xs, ys, "-", color=f"C{i}",
+                    lw=2.2 if m in ("Discrete", "Forward") else 1.0, alpha=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("n + p (state size + parameter count)")
+        ax.set_title(f"{kind} ({an[kind]['points'][0]['solver']}); lines: n ≈ h, "
+                     "dots: other shapes, x: p = 4")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("warm gradient time (ms, median)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Crossover: warm gradient time vs n + p (shared 2-core CPU)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS_DIR, "crossover.png"), dpi=110)
+    plt.close(fig)
+
+
+def write(data):
+    with open(JSON_PATH, "w") as fh:
+        json.dump(data, fh, indent=1)
+    with open(os.path.join(RESULTS_DIR, "crossover.md"), "w") as fh:
+        fh.write(markdown(data))
+    plot(data)
+
+
+def run(*, quick=False, solver="both", repeats=None, timeout=None, log=print,
+        merge=True):
+    """The sweep; returns the data written to `crossover.json`."""
+    rounds = repeats or (7 if quick else 15)
+    timeout = timeout or (120 if quick else 240)
+    grid = QUICK if quick else GRID
+    kinds = ["explicit", "stiff"] if solver == "both" else [solver]
+    cmd = "python -m bench.crossover" + (" --quick" if quick else "") + (
+        f" --solver {solver}" if solver != "both" else "") + (
+        f" --repeats {repeats}" if repeats else "")
+    data = {"meta": dict(meta_info(), cmd=cmd), "points": []}
+    if merge and os.path.exists(JSON_PATH):
+        # Keep the previous run's points that this run does not redo.
+        with open(JSON_PATH) as fh:
+            old = json.load(fh)
+        redo = {(k, f, n, h) for k in kinds for f, n, h in grid[k]}
+        data["points"] = [p for p in old["points"]
+                          if (p["kind"], p["family"], p["n"], p["h"]) not in redo]
+    # Explicit and stiff points alternate, so a partial run covers both.
+    order = []
+    for i in range(max(len(grid[k]) for k in kinds)):
+        order += [(k, grid[k][i]) for k in kinds if i < len(grid[k])]
+    for kind, (family, n, h) in order:
+        if True:
+            log(f"  {kind} {family} n={n} h={h}")
+            res = run_point(family, n, h, rounds, timeout, log)
+            if res is None:
+                continue
+            res["kind"] = kind
+            data["points"].append(res)
+            best = fastest(res)
+            log(f"    n+p={res['n_plus_p']} steps={res['forward_steps']} fastest={best} "
+                + ", ".join(f"{m}={fmt_ms(r.get('warm'))}" for m, r in res["rows"].items()))
+            write(data)
+    write(data)
+    return data
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--solver", choices=["both", "explicit", "stiff"], default="both")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--child", nargs=3)
+    ap.add_argument("--exclude", default="{}")
+    a = ap.parse_args()
+    if a.child:
+        f, n, h = a.child
+        return child(f, int(n), int(h), a.repeats or 15, json.loads(a.exclude))
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    run(quick=a.quick, solver=a.solver, repeats=a.repeats, timeout=a.timeout,
+        log=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Write `bench/RESULTS.md` and `bench/results/suite.png` from the suite's and the
+crossover's JSON (`bench/results/suite.json`, `bench/results/crossover.json`).
+
+    /work/venv/bin/python -m bench --report
+"""
+
+import json
+import os
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")
+SUITE_JSON = os.path.join(RESULTS_DIR, "suite.json")
+CROSSOVER_JSON = os.path.join(RESULTS_DIR, "crossover.json")
+
+TOPIC_FILES = [
+    ("core.md", "core methods vs diffrax on LV and seed 002 (1 control), memory on "
+     "a long solve (issue 2)"),
+    ("core_profile.md", "where the adjoints' time goes (profile)"),
+    ("linear.md", "seed 000, its stiff variant, the UDE and the 2-D heat equation: "
+     "`LinearExpm`/`KrylovExpm` (issue 3)"),
+    ("controls.md", "seed 002 with 1–1000 controls, vmap vs shared step, torchdiffeq "
+     "(issue 4)"),
+    ("steady.md", "steady-state adjoint (issue 5)"),
+    ("collocation.md", "collocation / two-stage fitting (issue 5)"),
+    ("crossover.md", "the crossover study (issue 6)"),
+]
+
+
+def ms(s):
+    if s is None or s != s:
+        return "—"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1.0:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.2f} s"
+
+
+def secs(s):
+    return "—" if s is None or s != s else f"{s:.1f} s"
+
+
+def _load(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def headline(problems):
+    from bench.run import OURS, PEERS, auto_check
+
+    L = [
+        "| problem | n | p | solver | fastest jaxsens (warm) | Auto picks | Auto "
+        "(warm) | Auto check (≤ 1.5× fastest) | fastest peer (warm) | fastest "
+        "jaxsens / fastest peer |",
+        "| --- | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: |",
+    ]
+    checks = []
+    for name, res in problems.items():
+        if "rows" not in res:
+            L.append(f"| {name} | | | | failed: {res.get('error', '?')[:120]} | | | | | |")
+            continue
+        rows = res["rows"]
+        ours = [m for m in OURS if m != "Auto()" and "warm" in rows.get(m, {})]
+        peers = [m for m in PEERS if "warm" in rows.get(m, {})]
+        best = min(ours, key=lambda m: rows[m]["warm"]) if ours else None
+        bp = min(peers, key=lambda m: rows[m]["warm"]) if peers else None
+        st, aw, _, bw, ratio = auto_check(res)
+        auto = res.get("auto", {})
+        pick = auto.get("method", auto.get("error", "?"))
+        checks.append((name, res, st, aw, best, bw, ratio))
+        L.append(
+            f"| {name} | {res['n']} | {res['p']} | {res['solver']} "
+            f"| {best} ({ms(rows[best]['warm']) if best else '—'}) | {pick} "
+            f"| {ms(aw)} | **{st}**" + (f" (×{ratio:.2f})" if ratio else "")
+            + f" | {bp} ({ms(rows[bp]['warm']) if bp else '—'}) "
+            f"| {rows[best]['warm'] / rows[bp]['warm'] if best and bp else float('nan'):.2f} |"
+        )
+    return L, checks
+
+
+def problem_table(name, res):
+    from bench.run import OURS, PEERS
+
+    meta = res.get("meta", {})
+    L = [f"### {name}", ""]
+    if "rows" not in res:
+        return L + [f"Failed: {res.get('error')}", ""]
+    L += [
+        f"{res['description']}. rtol = {res['rtol']:g}, atol = {res['atol']:g}. "
+        f"Reference gradient: {res.get('reference')}.",
+        "",
+        f"Made by `{meta.get('cmd')}` on {meta.get('date')} (load average "
+        f"{meta.get('load')} at start); jaxsens {meta.get('jaxsens')}; "
+        f"{meta.get('versions')}.",
+        "",
+        "| method | warm median | warm min | × diffrax RCA | compile | first run "
+        "| XLA temp (MB) | rel. error vs reference | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    rows = res["rows"]
+    rca = rows.get("diffrax RCA", {}).get("warm")
+    for m in OURS + PEERS:
+        if m not in rows:
+            continue
+        r = rows[m]
+        label = m
+        if m == "Auto()":
+            label = f"Auto() → {res.get('auto', {}).get('method', '?')}"
+        if m == "InterpolatingAdjoint(checkpoints=K)":
+            label = m.replace("K", "16" if name == "long_horizon" else "8")
+        if "warm" not in r:
+            why = r.get("skipped") or r.get("error") or "?"
+            kind = "skipped" if "skipped" in r else "**failed**"
+            L.append(f"| {label} | {kind} | | | | | | | {why} |")
+            continue
+        note = ""
+        err = r.get("rel_err")
+        if err is not None and err > 0.1:
+            note = "**gradient off by > 10 %**"
+        L.append(
+            f"| {label} | {ms(r['warm'])} | {ms(r['min'])} "
+            f"| {r['warm'] / rca if rca else float('nan'):.2f} "
+            f"| {secs(r.get('compile'))} | {ms(r.get('first'))} "
+            f"| {r['temp_mb']:.1f} | " if "temp_mb" in r else
+            f"| {label} | {ms(r['warm'])} | {ms(r['min'])} "
+            f"| {r['warm'] / rca if rca else float('nan'):.2f} "
+            f"| {secs(r.get('compile'))} | {ms(r.get('first'))} | — | "
+        )
+        L[-1] += (f"{err:.1e}" if err is not None else "—") + f" | {note} |"
+    return L + [""]
+
+
+def crossover_section(xo):
+    from bench.crossover import analyse, fastest, ratio
+
+    meta = xo["meta"]
+    an = analyse(xo["points"])
+    L = [
+        "## Crossover: Forward vs adjoints vs Discrete",
+        "",
+        f"Made by `{meta['cmd']}` on {meta['date']} (load {meta['load']:.1f}); "
+        f"jaxsens {meta['jaxsens']}. Full grid and per-point tables: "
+        "[results/crossover.md](results/crossover.md), data for fitting a rule: "
+        "[results/crossover.json](results/crossover.json).",
+        "",
+        "![crossover](results/crossover.png)",
+        "",
+        "| solver | n | p | n+p | fastest | Forward | best reverse | Discrete "
+        "| best adjoint |",
+        "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | --- |",
+    ]
+    adj = ["BacksolveAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint",
+           "GaussAdjoint"]
+    for kind, a in an.items():
+        for p in a["points"]:
+            rows = p["rows"]
+            br = fastest(p, ["Discrete"] + adj)
+            ba = fastest(p, adj)
+            fw = rows.get("Forward", {})
+            L.append(
+                f"| {p['solver']} | {p['n']} | {p['p']} | {p['n_plus_p']} | "
+                f"{fastest(p)} | {ms(fw.get('warm')) if 'warm' in fw else 'skipped'} "
+                f"| {br} {ms(rows[br]['warm']) if br else ''} "
+                f"| {ms(rows.get('Discrete', {}).get('warm'))} "
+                f"| {ba} {ms(rows[ba]['warm']) if ba else ''} |"
+            )
+    del ratio
+    return L + [""]
+
+
+def plot(problems):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.run import OURS
+
+    items = [(k, v) for k, v in problems.items() if "rows" in v]
+    if not items:
+        return
+    cols = 2
+    rws = (len(items) + 1) // 2
+    fig, axes = plt.subplots(rws, cols, figsize=(13, 3.3 * rws))
+    axes = list(getattr(axes, "flat", [axes]))
+    for ax, (name, res) in zip(axes, items, strict=False):
+        rows = res["rows"]
+        names = [m for m in rows if "warm" in rows[m]]
+        vals = [rows[m]["warm"] * 1e3 for m in names]
+        colors = ["tab:orange" if m == "Auto()" else
+                  ("tab:blue" if m in OURS else "tab:gray") for m in names]
+        ax.barh(names, vals, color=colors)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(f"{name} (n={res['n']}, p={res['p']}, {res['solver']})",
+                     fontsize=9)
+        ax.set_xlabel("warm gradient (ms, median, log)", fontsize=8)
+    for ax in axes[len(items):]:
+        ax.axis("off")
+    fig.suptitle("jaxsens (blue), Auto (orange), peers (gray); shared 2-core CPU")
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS_DIR, "suite.png"), dpi=100)
+    plt.close(fig)
+
+
+def write():
+    suite = _load(SUITE_JSON) or {"problems": {}}
+    xo = _load(CROSSOVER_JSON)
+    problems = suite["problems"]
+    from bench.problems import registry
+
+    order = [k for k in registry() if k in problems]
+    problems = {k: problems[k] for k in order}
+    metas = [v.get("meta", {}) for v in problems.values()]
+    L = [
+        "# jaxsens benchmark results",
+        "",
+        "Regenerated by `python -m bench` (suite: `bench/run.py`; crossover: "
+        "`bench/crossover.py`; this file: `bench/report.py`, also "
+        "`python -m bench --report`). Each table names the command that made it, "
+        "its date and the jaxsens commit.",
+        "",
+        "**The machine was shared**: 2 cores (x86_64) with 3–5 other engineers "
+        "running test suites at the same time, so absolute times are noisy (load "
+        "averages 3–6 were common). Within a table every method ran in the same "
+        "process, warm calls interleaved round-robin; medians and mins are "
+        "reported; compare ratios within a table rather than across tables.",
+    ]
+    if metas:
+        m0 = metas[0]
+        L += ["", f"Machine: {m0.get('machine')}. Versions: {m0.get('versions')}."]
+    L += [
+        "",
+        "## Headline: fastest method, Auto's pick, peers",
+        "",
+        "Warm = median of round-robin warm calls of the jitted gradient (µs/ms/s). "
+        "'Fastest jaxsens' excludes `Auto()` itself; the Auto check passes when "
+        "`Auto()`'s measured warm median is within 1.5× of it. Fastest peer: "
+        "diffrax (`RecursiveCheckpointAdjoint`, `BacksolveAdjoint`), "
+        "`jax.experimental.ode.odeint`, torchdiffeq (`odeint`, `odeint_adjoint`), "
+        "whichever ran — a peer's time counts even when its gradient is wrong "
+        "(see the per-problem error columns).",
+        "",
+    ]
+    head, checks = headline(problems)
+    L += head
+    L += ["", "## Auto check", "",
+          "| problem | Auto's rule | Auto's pick | Auto warm | fastest jaxsens | "
+          "its warm | ratio | result |",
+          "| --- | --- | --- | ---: | --- | ---: | ---: | --- |"]
+    for name, res, st, aw, best, bw, ratio in checks:
+        auto = res.get("auto", {})
+        L.append(
+            f"| {name} | {auto.get('rule') or auto.get('error', '')} "
+            f"| {auto.get('method')} | {ms(aw)} | {best} | {ms(bw)} "
+            f"| {'—' if ratio is None else f'{ratio:.2f}'} | **{st}** |"
+        )
+    npass = sum(c[2] == "PASS" for c in checks)
+    L += ["", f"{npass} of {len(checks)} problems PASS."]
+    if xo:
+        L += [""] + crossover_section(xo)
+    L += ["## Per-problem tables", "",
+          "Compile = `jax.jit(grad).lower(...).compile()` in the problem's fresh "
+          "subprocess (methods compiled one after another: later ones may reuse "
+          "Python-side trace caches); first run = the first call of the compiled "
+          "gradient; XLA temp = `memory_analysis().temp_size_in_bytes` of the "
+          "compiled gradient (what it allocates, including buffers preallocated "
+          "from `max_steps`). Skipped rows say why (hopeless, inapplicable or not "
+          "ported); failed rows quote the error.", "",
+          "![suite](results/suite.png)", ""]
+    for name, res in problems.items():
+        L += problem_table(name, res)
+    L += ["## Per-topic results (earlier issues)", ""]
+    for f, what in TOPIC_FILES:
+        if os.path.exists(os.path.join(RESULTS_DIR, f)):
+            L.append(f"- [results/{f}](results/{f}): {what}")
+    with open(os.path.join(HERE, "RESULTS.md"), "w") as fh:
+        fh.write("\n".join(L) + "\n")
+    plot(problems)

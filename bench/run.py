@@ -1,0 +1,399 @@
+"""The benchmark suite (issue 6): every named problem × every jaxsens method × peers.
+
+    /work/venv/bin/python -m bench                      # full suite, then RESULTS.md
+    /work/venv/bin/python -m bench --quick              # small sizes, fewer methods (~3 min)
+    /work/venv/bin/python -m bench --only robertson,heat2d --repeats 9
+    /work/venv/bin/python -m bench --crossover          # also (re-)run bench/crossover.py
+    /work/venv/bin/python -m bench --report             # only rewrite RESULTS.md + plots
+
+Problems: `bench.problems.registry()` (seed 000 linear and UDE, seed 002 with 1 and
+100 controls, Lotka–Volterra, Robertson (Kvaerno5), 2-D heat (n = 10^4), the
+long-horizon memory case). Each problem runs in a FRESH subprocess
+(`OPENBLAS_NUM_THREADS=1`) holding all its methods: jaxsens's (`Discrete`,
+`Forward`, `BacksolveAdjoint`, `InterpolatingAdjoint`, `InterpolatingAdjoint(checkpoints=K)`,
+`QuadratureAdjoint`, `GaussAdjoint`, `LinearExpm`/`KrylovExpm` on linear fields,
+`Auto()`) and the peers (diffrax `RecursiveCheckpointAdjoint` and
+`BacksolveAdjoint`, `jax.experimental.ode.odeint`, torchdiffeq `odeint` and
+`odeint_adjoint` where ported). Per method: compile time (`jit(...).lower().compile()`,
+in that process: methods share no XLA executable, but Python-side trace caches
+may make later methods a little cheaper), the first run, then warm calls
+round-robin over all methods (`--repeats` rounds; a method stops repeating once
+it has used `BUDGET_S`), reported as median and min; the XLA temp buffers of the
+compiled gradient; the relative error of the gradient against a reference
+(exact `LinearExpm`, `KrylovExpm(tol=1e-12)`, or float64 `Discrete` at
+rtol = atol = 1e-10). `Forward` is skipped when predicted hopeless
+(≈ 0.1·(n+p) × Discrete's time > `FORWARD_CAP_S`).
+
+Auto check: `Auto().decide(...)` (or `.choose` on an older jaxsens) is recorded per
+problem; PASS when Auto's warm median is within 1.5× of the fastest jaxsens
+method's.
+
+Writes `bench/results/suite.json` (merged: `--only` keeps the other problems'
+last results, each with its own command, date and commit), `bench/results/suite.png`
+and regenerates `bench/RESULTS.md` (`bench/report.py`).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")
+SUITE_JSON = os.path.join(RESULTS_DIR, "suite.json")
+
+BUDGET_S = 8.0  # warm-call budget per method (full); quick: 2 s
+FORWARD_CAP_S = 20.0  # predicted Forward time above which it is skipped (quick: 3 s)
+AUTO_TOLERANCE = 1.5
+
+OURS = [
+    "Discrete", "Forward", "BacksolveAdjoint", "InterpolatingAdjoint",
+    "InterpolatingAdjoint(checkpoints=K)", "QuadratureAdjoint", "GaussAdjoint",
+    "LinearExpm", "KrylovExpm", "Auto()",
+]
+PEERS = ["diffrax RCA", "diffrax BacksolveAdjoint", "jax odeint",
+         "torchdiffeq odeint", "torchdiffeq odeint_adjoint"]
+# --quick: the methods that are fastest somewhere (bench/results/*.md), Auto, and
+# diffrax's default; small sizes (heat 30×30, long solve 10^3 steps).
+QUICK_METHODS = {"Discrete", "Forward", "GaussAdjoint", "LinearExpm", "KrylovExpm",
+                 "Auto()", "diffrax RCA"}
+
+
+# --- child: one problem ---------------------------------------------------------
+
+
+def _child(name, quick, rounds, exclude):
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import diffrax as dfx
+    import equinox as eqx
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.experimental.ode import odeint
+    from jax.flatten_util import ravel_pytree
+
+    import jaxsens
+    from bench import _torch_peers
+    from bench._child import say
+    from bench.problems import registry
+    from bench.problems.suite import cast64
+
+    pr = registry()[name](quick)
+    budget = 2.0 if quick else BUDGET_S
+    fwd_cap = 3.0 if quick else FORWARD_CAP_S
+
+    def sensitivity(m, prob):
+        if m == "LinearExpm":
+            return jaxsens.LinearExpm()
+        if m == "KrylovExpm":
+            return jaxsens.KrylovExpm()
+        if m == "Auto()":
+            return jaxsens.Auto()
+        kw = {}
+        if m == "InterpolatingAdjoint(checkpoints=K)":
+            m, kw = "InterpolatingAdjoint", {"checkpoints": prob.checkpoints}
+        cls = getattr(jaxsens, m)
+        if prob.adjoint_max_steps and issubclass(cls, jaxsens.AbstractAdjoint):
+            kw["max_steps"] = prob.adjoint_max_steps
+        return cls(**kw)
+
+    def solve_ys(prob, field, args, method, **over):
+        o = dict(rtol=prob.rtol, atol=prob.atol, max_steps=prob.max_steps)
+        o.update(over)
+        if method in PEERS[:2]:
+            adjoint = (dfx.RecursiveCheckpointAdjoint() if method == "diffrax RCA"
+                       else dfx.BacksolveAdjoint())
+            t0 = prob.ts[0] if prob.t0 is None else prob.t0
+            return dfx.diffeqsolve(
+                dfx.ODETerm(field), prob.solver, t0, prob.ts[-1], None, prob.y0,
+                args=args, saveat=dfx.SaveAt(ts=prob.ts),
+                stepsize_controller=dfx.PIDController(rtol=o["rtol"], atol=o["atol"]),
+                max_steps=o["max_steps"], adjoint=adjoint).ys
+        if method == "jax odeint":
+            dyn, static = eqx.partition((field, args), eqx.is_array)
+            ts = prob.ts
+            prepend = prob.t0 is not None and prob.t0 != float(prob.ts[0])
+            if prepend:
+                ts = jnp.concatenate([jnp.asarray([prob.t0], ts.dtype), ts])
+
+            def f(y, t, d):
+                fld, a = eqx.combine(d, static)
+                return fld(t, y, a)
+
+            ys = odeint(f, prob.y0, ts, dyn, rtol=o["rtol"], atol=o["atol"],
+                        mxstep=o["max_steps"])
+            return ys[1:] if prepend else ys
+        sens = method if isinstance(method, jaxsens.AbstractSensitivity) else \
+            sensitivity(method, prob)
+        return jaxsens.solve(field, prob.y0, prob.ts, args, t0=prob.t0,
+                             solver=prob.solver, sensitivity=sens, **o).ys
+
+    def loss_fn(prob, method, **over):
+        def loss(params):
+            field, args = prob.split(params)
+            if prob.batched:
+                ys = jax.vmap(lambda a: solve_ys(prob, field, a, method, **over))(args)
+            else:
+                ys = solve_ys(prob, field, args, method, **over)
+            return prob.loss(ys)
+        return loss
+
+    def compiled_grad(prob, method, **over):
+        dyn, static = eqx.partition(prob.params, eqx.is_array)
+        g = jax.jit(lambda d: eqx.filter(
+            eqx.filter_grad(lambda p: loss_fn(prob, method, **over)(p))(
+                eqx.combine(d, static)), eqx.is_inexact_array))
+        t = time.perf_counter()
+        c = g.lower(dyn).compile()
+        return c, dyn, time.perf_counter() - t
+
+    def flat(g):
+        return np.asarray(ravel_pytree(eqx.filter(g, eqx.is_inexact_array))[0],
+                          np.float64)
+
+    # Auto's decision.
+    field, _ = pr.split(pr.params)
+    auto = jaxsens.Auto()
+    try:
+        if hasattr(auto, "decide"):
+            d = auto.decide(field, pr.y0, pr.ts, pr.member_args(), solver=pr.solver)
+            decision = {"method": type(d.method).__name__, "repr": repr(d.method),
+                        "rule": str(getattr(d, "rule", "")),
+                        "reasons": [str(r) for r in getattr(d, "reasons", ())]}
+        else:
+            m = auto.choose(field, pr.y0, pr.ts, pr.member_args())
+            decision = {"method": type(m).__name__, "repr": repr(m), "rule": "",
+                        "reasons": []}
+    except Exception as e:  # noqa: BLE001
+        decision = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    say(auto=decision)
+
+    methods = [m for m in OURS + PEERS
+               if not (m in ("LinearExpm", "KrylovExpm") and not pr.linear)]
+    if quick:
+        methods = [m for m in methods if m in QUICK_METHODS]
+    torch_fns, torch_version = _torch_peers.build(name, pr) if any(
+        m.startswith("torch") for m in methods) else ({}, None)
+
+    rows, calls = {}, {}
+    for m in methods:
+        if m in exclude:
+            rows[m] = {"skipped": exclude[m]}
+            continue
+        if m in pr.skip:
+            rows[m] = {"skipped": pr.skip[m]}
+            continue
+        if m.startswith("torch") and m not in torch_fns:
+            rows[m] = {"skipped": torch_fns.get("_why", "not ported to torch") if
+                       torch_version or "_why" in torch_fns else "torch not installed"}
+            continue
+        if m == "Forward" and "warm0" in rows.get("Discrete", {}):
+            est = 0.1 * (pr.n + pr.p) * rows["Discrete"]["warm0"]
+            if est > fwd_cap:
+                rows[m] = {"skipped": f"hopeless: predicted ≈ {est:.0f} s per gradient "
+                           f"(≈ 0.1·(n+p) × Discrete, n+p = {pr.n + pr.p}); cap "
+                           f"{fwd_cap:.0f} s"}
+                continue
+        say(start=m)
+        row = {}
+        try:
+            if m.startswith("torch"):
+                fn = torch_fns[m]
+                t = time.perf_counter()
+                g = fn()
+                row["first"] = time.perf_counter() - t
+                call = fn
+            else:
+                c, dyn, row["compile"] = compiled_grad(pr, m)
+                ma = c.memory_analysis()
+                if ma is not None:
+                    row["temp_mb"] = ma.temp_size_in_bytes / 2**20
+                t = time.perf_counter()
+                g = jax.block_until_ready(c(dyn))
+                row["first"] = time.perf_counter() - t
+                call = (lambda c=c, dyn=dyn: jax.block_until_ready(c(dyn)))
+            t = time.perf_counter()
+            call()
+            w = time.perf_counter() - t
+            row["times"] = [w]
+            row["warm0"] = w
+            row["grad"] = flat(g) if not m.startswith("torch") else np.asarray(g)
+            calls[m] = call
+            say(done=m, compile=row.get("compile"), first=row["first"], warm=w)
+        except Exception as e:  # noqa: BLE001 - a failing method is reported
+            msg = str(e).strip().splitlines()
+            row = {"error": f"{type(e).__name__}: {(msg[0] if msg else '')[:300]}"}
+            say(failed=m, error=row["error"])
+        rows[m] = row
+
+    say(timing=True)
+    for _ in range(max(0, rounds - 1)):
+        for m, call in calls.items():
+            if sum(rows[m]["times"]) > budget:
+                continue
+            t = time.perf_counter()
+            call()
+            rows[m]["times"].append(time.perf_counter() - t)
+
+    # Reference gradient.
+    ref, ref_name = None, None
+    try:
+        if pr.reference == "linear" and "grad" in rows.get("LinearExpm", {}):
+            ref, ref_name = rows["LinearExpm"]["grad"], "LinearExpm (exact)"
+        elif pr.reference in ("linear", "krylov"):
+            c, dyn, _ = compiled_grad(pr, jaxsens.KrylovExpm(tol=1e-12))
+            ref, ref_name = flat(c(dyn)), "KrylovExpm(tol=1e-12)"
+        else:
+            p64 = dataclasses.replace(
+                pr, y0=cast64(pr.y0), ts=cast64(pr.ts), params=cast64(pr.params),
+                field=cast64(pr.field), args=cast64(pr.args))
+            tight = dict(rtol=1e-10, atol=1e-10 if pr.atol >= 1e-10 else pr.atol * 1e-4,
+                         max_steps=200_000)
+            if pr.name == "long_horizon":
+                tight = dict(rtol=1e-9, atol=1e-9, max_steps=20 * pr.max_steps)
+            c, dyn, _ = compiled_grad(p64, jaxsens.Discrete(), **tight)
+            ref = flat(c(dyn))
+            ref_name = (f"Discrete, float64, rtol = {tight['rtol']:g}, "
+                        f"atol = {tight['atol']:g}")
+    except Exception as e:  # noqa: BLE001
+        ref_name = f"reference failed: {type(e).__name__}: {str(e)[:200]}"
+    for m, r in rows.items():
+        if "times" in r:
+            r["warm"] = statistics.median(r["times"])
+            r["min"] = min(r["times"])
+            r["n_warm"] = len(r["times"])
+            g = r.pop("grad")
+            if ref is not None and g.shape == ref.shape:
+                r["rel_err"] = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+            del r["times"], r["warm0"]
+    say(result={
+        "problem": name, "description": pr.description, "n": pr.n, "p": pr.p,
+        "solver": type(pr.solver).__name__, "rtol": pr.rtol, "atol": pr.atol,
+        "quick": quick, "auto": decision, "reference": ref_name,
+        "torch": torch_version, "rows": rows,
+    })
+
+
+# --- parent ---------------------------------------------------------------------
+
+
+def meta_info(cmd):
+    import subprocess
+
+    import platform
+
+    import diffrax as dfx
+    import equinox as eqx
+    import jax
+
+    def git(*a):
+        return subprocess.run(["git", *a], capture_output=True, text=True,
+                              cwd=HERE).stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--", os.path.join(os.path.dirname(HERE), "jaxsens")):
+        rev += " + uncommitted jaxsens/ changes of the shared working tree"
+    try:
+        import torch
+
+        tv = f", torch {torch.__version__}"
+    except ImportError:
+        tv = ""
+    return {
+        "cmd": cmd,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
+                   f"{platform.python_version()} — shared with other engineers' jobs",
+        "versions": f"jax {jax.__version__}, diffrax {dfx.__version__}, "
+                    f"equinox {eqx.__version__}{tv}",
+        "jaxsens": rev,
+        "load": round(os.getloadavg()[0], 1),
+    }
+
+
+def auto_check(res):
+    """`(status, auto_warm, best_name, best_warm, ratio)` for one problem."""
+    rows = res["rows"]
+    ours = [m for m in OURS if m != "Auto()" and "warm" in rows.get(m, {})]
+    if not ours or "warm" not in rows.get("Auto()", {}):
+        return "n/a", None, None, None, None
+    best = min(ours, key=lambda m: rows[m]["warm"])
+    a, b = rows["Auto()"]["warm"], rows[best]["warm"]
+    return ("PASS" if a <= AUTO_TOLERANCE * b else "FAIL"), a, best, b, a / b
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=None, help="comma-separated problem names")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--crossover", action="store_true",
+                    help="also run the crossover sweep (bench/crossover.py)")
+    ap.add_argument("--report", action="store_true",
+                    help="only regenerate RESULTS.md and the plots")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--child", nargs=2, metavar=("PROBLEM", "QUICK"))
+    ap.add_argument("--exclude", default="{}")
+    a = ap.parse_args(argv)
+    if a.child:
+        return _child(a.child[0], a.child[1] == "1", a.repeats or 9,
+                      json.loads(a.exclude))
+
+    from bench import _child as child_mod, report
+    from bench.problems import registry
+
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if a.list:
+        for k in registry():
+            log(k)
+        return
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    data = {"problems": {}}
+    if os.path.exists(SUITE_JSON):
+        with open(SUITE_JSON) as fh:
+            data = json.load(fh)
+    if not a.report:
+        names = a.only.split(",") if a.only else list(registry())
+        unknown = [n for n in names if n not in registry()]
+        if unknown:
+            ap.error(f"unknown problem(s) {unknown}; known: {list(registry())}")
+        cmd = "python -m bench" + "".join(
+            f" {x}" for x in (sys.argv[1:] if argv is None else argv))
+        rounds = a.repeats or (5 if a.quick else 9)
+        timeout = a.timeout or (150 if a.quick else 600)
+        for name in names:
+            meta = meta_info(cmd)
+            log(f"== {name} (load {meta['load']})")
+            res = child_mod.run("bench.run", [name, int(a.quick)], rounds=rounds,
+                                timeout=timeout, log=log)
+            res["meta"] = meta
+            data["problems"][name] = res
+            if "rows" in res:
+                for m, r in res["rows"].items():
+                    val = (f"warm {r['warm'] * 1e3:.3g} ms (min {r['min'] * 1e3:.3g}), "
+                           f"compile {r.get('compile', float('nan')):.1f} s, "
+                           f"relerr {r.get('rel_err', float('nan')):.1e}"
+                           if "warm" in r else r.get("skipped") or r.get("error"))
+                    log(f"  {m:38s} {val}")
+                st, aw, best, bw, ratio = auto_check(res)
+                log(f"  Auto -> {res['auto'].get('method')}: {st} "
+                    f"(×{ratio if ratio is None else round(ratio, 2)} of {best})")
+            with open(SUITE_JSON, "w") as fh:
+                json.dump(data, fh, indent=1)
+    if a.crossover:
+        from bench import crossover
+
+        crossover.run(quick=a.quick, repeats=a.repeats, log=log)
+    report.write()
+    log(f"wrote {os.path.join(HERE, 'RESULTS.md')}")
+
+
+if __name__ == "__main__":
+    main()
