@@ -75,3 +75,14 @@ def run(module, child_args, *, rounds, timeout, log, attempts=4):
 def say(**kw):
     """Child side: one progress/result line."""
     print(json.dumps(kw), flush=True)
+
+
+def error_text(e, limit=300):
+    """A one-line message for a failed method: the line of the exception that says
+    what went wrong (equinox's runtime errors arrive wrapped in a callback
+    traceback, their message on a later line)."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    keep = [x for x in lines if not x.startswith(("Traceback", "File ", "^", "~"))
+            and "CpuCallback error" not in x]
+    pick = next((x for x in keep if "`" in x or "Error" in x), keep[0] if keep else "")
+    return f"{type(e).__name__}: {pick}"[:limit]

@@ -152,7 +152,9 @@ def child(family, n, h, rounds, exclude):
         try:
             g = jax.block_until_ready(f(pr.params))
         except Exception as e:  # noqa: BLE001 - reported, not fatal
-            rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            from bench._child import error_text
+
+            rows[name] = {"error": error_text(e)}
             say(failed=name)
             continue
         first = time.perf_counter() - t
@@ -296,6 +298,46 @@ def fmt_ms(s):
     return "—" if s is None or s != s else f"{s * 1e3:.3g}"
 
 
+def _runs(pts, key):
+    """Consecutive points (sorted by n + p) with the same `key(p)`, as text."""
+    out, cur = [], None
+    for p in pts:
+        k = key(p)
+        if cur and cur[0] == k:
+            cur[2] = p["n_plus_p"]
+        else:
+            cur = [k, p["n_plus_p"], p["n_plus_p"]]
+            out.append(cur)
+    return "; ".join(f"n+p {a}" + (f"–{b}" if b != a else "") + f": {k}"
+                     for k, a, b in out)
+
+
+def summary(an):
+    """Bullet lines: where each method is fastest, the crossovers."""
+    L = []
+    for kind, a in an.items():
+        pts = a["points"]
+        L.append(f"- **{kind} ({pts[0]['solver']})**: fastest method by n + p: "
+                 + _runs(pts, lambda p: fastest(p) or "none") + ".")
+        L.append(f"  Forward is fastest up to n + p = {a['largest_forward_win']}; "
+                 f"the smallest n + p where another method wins is "
+                 f"{a['smallest_forward_loss']}.")
+        fr = [(p["n_plus_p"], ratio(p, "Forward", fastest(p, ["Discrete"] + ADJOINTS)))
+              for p in pts]
+        fr = [(x, r) for x, r in fr if r == r]
+        if fr:
+            L.append("  Forward ÷ fastest reverse-mode method: "
+                     + ", ".join(f"{r:.2g}× at {x}" for x, r in fr) + ".")
+        dr = [(p["n_plus_p"], ratio(p, "Discrete", fastest(p, ADJOINTS))) for p in pts]
+        dr = [(x, r) for x, r in dr if r == r]
+        if dr:
+            L.append("  Discrete ÷ fastest continuous adjoint: "
+                     + ", ".join(f"{r:.2g}× at {x}" for x, r in dr) + ".")
+        L.append("  Fastest continuous adjoint by n + p: "
+                 + _runs(pts, lambda p: fastest(p, ADJOINTS) or "none") + ".")
+    return L
+
+
 def markdown(data):
     meta = data["meta"]
     an = analyse(data["points"])
@@ -314,6 +356,12 @@ def markdown(data):
         "`bench/problems/crossover.py` (t ∈ [0, 1], 5 save times, float64, "
         "rtol = atol = 1e-6; explicit = Tsit5 on `y' = A y + U tanh(V y + b)` or "
         "the p = 4 `few` family; stiff = Kvaerno5, decay rates in [1, 10³]).",
+        "",
+        "## Summary (generated from the points measured so far)",
+        "",
+    ] + summary(an) + [
+        "",
+        "![crossover](crossover.png)",
     ]
     for kind, a in an.items():
         L += ["", f"## {kind} ({a['points'][0]['solver']})", ""]

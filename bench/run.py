@@ -78,7 +78,7 @@ def _child(name, quick, rounds, exclude):
     from jax.flatten_util import ravel_pytree
 
     import jaxsens
-    from bench import _torch_peers
+    from bench import _child as child_mod, _torch_peers
     from bench._child import say
     from bench.problems import registry
     from bench.problems.suite import cast64
@@ -226,8 +226,7 @@ def _child(name, quick, rounds, exclude):
             calls[m] = call
             say(done=m, compile=row.get("compile"), first=row["first"], warm=w)
         except Exception as e:  # noqa: BLE001 - a failing method is reported
-            msg = str(e).strip().splitlines()
-            row = {"error": f"{type(e).__name__}: {(msg[0] if msg else '')[:300]}"}
+            row = {"error": child_mod.error_text(e)}
             say(failed=m, error=row["error"])
         rows[m] = row
 
