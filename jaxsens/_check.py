@@ -379,17 +379,12 @@ def check_gradient(
             "`y0`, `ts` and the field's arrays in float64 (or pass `fd=False`)."
         )
 
-    gradients: dict[str, np.ndarray] = {}
+    # User gradients first: they are cheap, and a wrong structure fails fast.
+    extra_grads: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
-    for name, method in methods.items():
-        grad_fn = jax.jit(jax.grad(lambda x, m=method: flat_loss(x, m)))
-        start = time.perf_counter()
-        gradients[name] = np.asarray(jax.block_until_ready(grad_fn(flat0)))
-        seconds[name] = time.perf_counter() - start
     for name, fn in extra.items():
         start = time.perf_counter()
-        g = fn(params)
-        g = jax.block_until_ready(g)
+        g = jax.block_until_ready(fn(params))
         seconds[name] = time.perf_counter() - start
         g_diff = eqx.filter(g, eqx.is_inexact_array)
         if jtu.tree_structure(g_diff) != jtu.tree_structure(diff):
@@ -405,7 +400,15 @@ def check_gradient(
                 f"`extra[{name!r}](params)` returned leaves of shapes {shapes}; the "
                 f"parameters have shapes {want}."
             )
-        gradients[name] = np.asarray(ravel_pytree(g_diff)[0], dtype=np.float64)
+        extra_grads[name] = np.asarray(ravel_pytree(g_diff)[0], dtype=np.float64)
+
+    gradients: dict[str, np.ndarray] = {}
+    for name, method in methods.items():
+        grad_fn = jax.jit(jax.grad(lambda x, m=method: flat_loss(x, m)))
+        start = time.perf_counter()
+        gradients[name] = np.asarray(jax.block_until_ready(grad_fn(flat0)))
+        seconds[name] = time.perf_counter() - start
+    gradients.update(extra_grads)
 
     labels = tuple(gradients)
     errors: dict[tuple[str, str], float] = {}

@@ -44,7 +44,9 @@ class Explanation:
     - `probe`: `None` when skipped, else a dict: `error` (‖g − g_ref‖/‖g_ref‖ over
         all trainable leaves), `max_entry_error` (max |g − g_ref| / max |g_ref|),
         `parts` (`"field"`/`"y0"`/`"args"` → relative error of that part),
-        `reference` (how `g_ref` was computed), `ref_rtol`, `ref_atol`.
+        `reference` (how `g_ref` was computed), `ref_rtol`, `ref_atol`, and the two
+        gradients `gradient` and `reference_gradient`, each structured like the
+        trainable part of `(field, y0, args)`.
     - `state_scale`: per-component size of the state, `max_t |y_i(t)|`: a dict with
         `smallest` (and its `component`) and `median`, over the components that
         are not identically zero.
@@ -381,6 +383,8 @@ def explain(
             max_entry_error=max_entry,
             parts={k: _rel(parts_user[k], parts_ref[k]) for k in parts_ref},
             reference=f"{where}Discrete()",
+            gradient=g_user,
+            reference_gradient=g_ref,
             ref_rtol=ref_rtol,
             ref_atol=ref_atol,
         )
