@@ -4,6 +4,7 @@ can be trusted at the requested tolerances."""
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
@@ -193,6 +194,43 @@ def _split_parts(flat_tree) -> dict[str, np.ndarray]:
     return out
 
 
+class _Options(eqx.Module):
+    t0: Any
+    solver: Any
+    dt0: Any
+    rtol: float
+    atol: float
+    max_steps: int
+
+
+def _solve(diff, static, ts, method, opts: _Options):
+    f, y, a = eqx.combine(diff, static)
+    return solve(f, y, ts, a, t0=opts.t0, solver=opts.solver, dt0=opts.dt0,
+                 rtol=opts.rtol, atol=opts.atol, max_steps=opts.max_steps,
+                 sensitivity=method)
+
+
+# Module-level compiled functions: the loss, the method and every non-array
+# setting are static (hashed), so explaining the same problem again reuses them.
+@eqx.filter_jit
+def _grad_and_ys(diff, static, ts, loss, method, opts):
+    def fn(d):
+        ys = _solve(d, static, ts, method, opts).ys
+        out = loss(ys)
+        if jnp.shape(out) != ():
+            raise ValueError(
+                f"`loss(ys)` must return a scalar, got shape {jnp.shape(out)}."
+            )
+        return out, ys
+
+    return jax.grad(fn, has_aux=True)(diff)
+
+
+@eqx.filter_jit
+def _ys(diff, static, ts, opts):
+    return _solve(diff, static, ts, Discrete(), opts).ys
+
+
 def _rel(a, b) -> float:
     nb = float(np.linalg.norm(b))
     d = float(np.linalg.norm(a - b))
@@ -300,24 +338,12 @@ def explain(
     method = decision.method if sensitivity is None else sensitivity
     if isinstance(method, Auto):
         method = decision.method
-    settings = dict(t0=t0, solver=solver, dt0=dt0)
-
     inputs = (field, y0, args)
     diff, static = eqx.partition(inputs, eqx.is_inexact_array)
 
-    def make_loss(m, rtol_, atol_, steps, static_, ts_):
-        def fn(d):
-            f, y, a = eqx.combine(d, static_)
-            sol = solve(f, y, ts_, a, rtol=rtol_, atol=atol_, max_steps=steps,
-                        sensitivity=m, **settings)
-            out = loss(sol.ys)
-            if jnp.shape(out) != ():
-                raise ValueError(
-                    f"`loss(ys)` must return a scalar, got shape {jnp.shape(out)}."
-                )
-            return out, sol.ys
-
-        return fn
+    def grad_and_ys(m, rtol_, atol_, steps, diff_, static_, ts_):
+        opts = _Options(t0, solver, dt0, rtol_, atol_, steps)
+        return _grad_and_ys(diff_, static_, ts_, loss, m, opts)
 
     warnings: list[str] = []
     hints: list[str] = []
@@ -335,11 +361,11 @@ def explain(
             "a time-stepped method with `jaxsens.check_gradient` if in doubt.)"
         )
     if (probe and not exact) or timing:
-        user_grad = jax.jit(
-            jax.grad(make_loss(method, rtol, atol, max_steps, static, ts), has_aux=True)
-        )
+        def user_grad():
+            return grad_and_ys(method, rtol, atol, max_steps, diff, static, ts)
+
         start = time.perf_counter()
-        g_user, ys_user = jax.block_until_ready(user_grad(diff))
+        g_user, ys_user = jax.block_until_ready(user_grad())
         first_call = time.perf_counter() - start
         ys_for_scale = ys_user
 
@@ -365,11 +391,8 @@ def explain(
                 "with `jax.config.update(\"jax_enable_x64\", True)` for a sharper "
                 "probe."
             )
-        ref_grad = jax.jit(
-            jax.grad(make_loss(Discrete(), ref_rtol, ref_atol, max_steps * 16,
-                               static64, ts64), has_aux=True)
-        )
-        g_ref, ys_ref = ref_grad(diff64)
+        g_ref, ys_ref = grad_and_ys(Discrete(), ref_rtol, ref_atol, max_steps * 16,
+                                    diff64, static64, ts64)
         ys_for_scale = ys_ref
         parts_user = _split_parts(g_user)
         parts_ref = _split_parts(g_ref)
@@ -407,9 +430,8 @@ def explain(
                     )
     if ys_for_scale is None:
         # No gradient computed: one plain solve for the state's scale.
-        ys_for_scale = eqx.filter_jit(
-            lambda d: make_loss(Discrete(), rtol, atol, max_steps, static, ts)(d)[1]
-        )(diff)
+        opts = _Options(t0, solver, dt0, rtol, atol, max_steps)
+        ys_for_scale = _ys(diff, static, ts, opts)
     scale = _state_scale(ys_for_scale)
     if scale:
         s = scale["smallest"]
@@ -426,7 +448,7 @@ def explain(
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            jax.block_until_ready(user_grad(diff))
+            jax.block_until_ready(user_grad())
             times.append(time.perf_counter() - start)
         timing_out = dict(first_call=first_call, warm=float(np.median(times)),
                           repeats=repeats)

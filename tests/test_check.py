@@ -3,7 +3,8 @@
 Decay `y' = -k y` has the closed form `y_i(t) = y0_i e^{-k_i t}`, so every method,
 the finite differences and the hand-written gradients are checked against the
 truth, and the deliberately wrong gradients (a sign error, a factor 2) must fail.
-Few compilations: two module-scoped checks.
+Few compilations: two tests do the expensive checks (not module fixtures, which
+`pytest -n 2` would build on both workers).
 """
 
 import diffrax as dfx
@@ -49,49 +50,41 @@ METHODS = {"Discrete": jaxsens.Discrete(),
            "InterpolatingAdjoint": jaxsens.InterpolatingAdjoint()}
 
 
-@pytest.fixture(scope="module")
-def check():
-    return jaxsens.check_gradient(
+def test_wrong_gradients_are_flagged():
+    # One check (one compilation per method) and all its assertions: a module
+    # fixture would be built twice under `pytest -n 2`.
+    check = jaxsens.check_gradient(
         decay_loss, PARAMS, methods=METHODS,
         extra={"closed form": decay_grad, "sign error": sign_error,
                "factor 2": factor_two},
     )
-
-
-def test_table_layout(check):
+    # The table.
     assert check.labels == ("Discrete", "InterpolatingAdjoint", "closed form",
                             "sign error", "factor 2")
     assert check.fd_mode == "coordinates" and check.num_fd == check.num_params == 4
     for a in check.labels:
         assert (a, "FD") in check.errors
-        for b in check.labels:
-            assert (a == b) or (a, b) in check.errors
+        assert all((a, b) in check.errors for b in check.labels if b != a)
     text = str(check)
-    assert "FAILED" in text and "✗" in text
     assert "Gradient check: 4 parameters" in text
+    assert "FAILED" in text and "✗" in text
 
-
-@pytest.mark.parametrize("name", ["Discrete", "InterpolatingAdjoint", "closed form"])
-def test_correct_gradients_agree(check, name):
+    # The right gradients agree with the truth, with FD and with each other.
     truth = decay_grad(PARAMS)
-    assert rel_err(check.gradients[name], truth) < 1e-7
-    assert check.error(name) < 1e-6  # against finite differences
-    for other in ("Discrete", "InterpolatingAdjoint", "closed form"):
-        if other != name:
-            assert check.error(name, other) < 1e-7
+    right = ("Discrete", "InterpolatingAdjoint", "closed form")
+    for name in right:
+        assert rel_err(check.gradients[name], truth) < 1e-7, name
+        assert check.error(name) < 1e-6, name  # against finite differences
+        for other in right:
+            assert other == name or check.error(name, other) < 1e-7, (name, other)
 
-
-@pytest.mark.parametrize("name", ["sign error", "factor 2"])
-def test_wrong_gradient_is_flagged(check, name):
+    # The wrong ones disagree with FD and with every other gradient, and are named.
     assert not check.ok
-    # Wrong against the finite differences and against every method.
-    for other in ("FD", "Discrete", "InterpolatingAdjoint", "closed form"):
-        assert check.error(name, other) > 0.1
-    assert any(a == name for a, _, _ in check.failures)
-    assert f"`{name}` disagrees with everything else" in str(check)
-
-
-def test_worst_names_a_wrong_gradient(check):
+    for name in ("sign error", "factor 2"):
+        for other in ("FD", *right):
+            assert check.error(name, other) > 0.1, (name, other)
+        assert any(a == name for a, _, _ in check.failures)
+        assert f"`{name}` disagrees with everything else" in text
     row, col, err = check.worst
     assert {row, col} & {"sign error", "factor 2"}
     assert err == max(check.errors.values())
@@ -118,24 +111,11 @@ def wide_grad(rate):
 BIG = int(jnp.argmax(jnp.abs(wide_grad(RATES))))
 
 
-@pytest.fixture(scope="module")
-def wide():
+def test_random_directions():
     good = jaxsens.check_gradient(
         wide_loss, RATES, methods=[jaxsens.Discrete()],
         extra={"closed form": wide_grad}, fd_directions=8,
     )
-    # Same loss, fresh check with the wrong gradients only (FD re-evaluated).
-    bad = jaxsens.check_gradient(
-        wide_loss, RATES, methods=(), fd_directions=8, key=1,
-        extra={"two signs": lambda k: wide_grad(k) * jnp.where(
-            jnp.arange(N) % 20 == 3, -1.0, 1.0),
-            "one doubled": lambda k: wide_grad(k).at[BIG].multiply(2.0)},
-    )
-    return good, bad
-
-
-def test_directions_correct_passes(wide):
-    good, _ = wide
     assert good.fd_mode == "directions" and good.num_fd == 8
     assert good.ok, str(good)
     assert good.error("Discrete") < 1e-5
@@ -143,12 +123,16 @@ def test_directions_correct_passes(wide):
     assert rel_err(good.gradients["Discrete"], wide_grad(RATES)) < 1e-7
     assert "OK" in str(good)
 
-
-def test_directions_flag_wrong(wide):
-    _, bad = wide
+    # The same loss again (the compiled finite differences are reused), with
+    # wrong gradients: 2 sign flips of 40 entries, and the largest entry doubled.
+    bad = jaxsens.check_gradient(
+        wide_loss, RATES, methods=(), fd_directions=8, key=1,
+        extra={"two signs": lambda k: wide_grad(k) * jnp.where(
+            jnp.arange(N) % 20 == 3, -1.0, 1.0),
+            "one doubled": lambda k: wide_grad(k).at[BIG].multiply(2.0)},
+    )
     assert not bad.ok
-    # The relative error along random directions estimates the true one (2 sign
-    # flips of 40 entries, and the largest entry doubled: both ≈ 0.2-0.3).
+    # The relative error along random directions estimates the true one.
     truth = wide_grad(RATES)
     for name in ("two signs", "one doubled"):
         true_err = rel_err(bad.gradients[name], truth)
