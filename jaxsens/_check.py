@@ -49,7 +49,9 @@ class GradientCheck:
     - `num_params`: number of float scalars in `params`.
     - `eps`: the relative finite-difference step.
     - `tol`: the relative difference above which an entry fails.
-    - `seconds`: label → wall time of its first gradient (compilation included).
+    - `seconds`: label → wall time of its gradient (`"FD"`: of all the finite-
+        difference losses), compilation included unless an earlier check of the
+        same loss already compiled it.
     """
 
     labels: tuple[str, ...]
