@@ -73,13 +73,16 @@ def backward_loop(
     dt0: Array | None = None,
     on_step: Callable | None = None,
     extra0: PyTree = None,
+    stop_times: Array | None = None,
 ) -> LoopOutput:
     """Integrate `dz/ds = vf(s, z)` from `s0` to `s_end` (`s0 < s_end`).
 
     Steps are clipped to land exactly on each `jump_times[j]` (ascending, in `s`),
     for `j` from `jump_index` up to `num_jumps - 1`; on arrival
     `(z, extra) = jump_fn(z, extra, j)`. After every accepted step
-    `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info)`.
+    `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info)`. Steps are also
+    clipped (with nothing applied) at `stop_times` (ascending in `s`, may be
+    `+inf`-padded), e.g. the forward solve's step times.
     """
     term = dfx.ODETerm(lambda s, z, _: vf(s, z))
     solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
@@ -91,14 +94,19 @@ def backward_loop(
     sstate = solver.init(term, s0, s1_guess, z0, None)
     dtype = jnp.result_type(s0)
     padded = jnp.concatenate([jump_times, jnp.array([jnp.inf], dtype)])
+    if stop_times is None:
+        stops = jnp.array([jnp.inf], dtype)
+    else:
+        stops = jnp.concatenate([stop_times.astype(dtype), jnp.array([jnp.inf], dtype)])
+    k0 = jnp.searchsorted(stops, s0, side="right").astype(jnp.int32)
 
     def cond(c):
         s, *_, nsteps, _, result = c
         return (s < s_end) & (nsteps < max_steps) & (result == RESULTS.successful)
 
     def body(c):
-        s, s_prop, z, sstate, cstate, j, made_jump, extra, nsteps, nacc, result = c
-        next_stop = jnp.minimum(padded[j], s_end)
+        s, s_prop, z, sstate, cstate, j, k, made_jump, extra, nsteps, nacc, result = c
+        next_stop = jnp.minimum(jnp.minimum(padded[j], stops[k]), s_end)
         s1 = jnp.minimum(s_prop, next_stop)
         z1, zerr, dense, sstate1, sres = solver.step(
             term, s, s1, z, None, sstate, made_jump
@@ -140,6 +148,7 @@ def backward_loop(
             sstate,
             cstate1,
             j + hit.astype(j.dtype),
+            k + (keep & (s1 >= stops[k])).astype(k.dtype),
             # After a jump the solver's FSAL value is stale until a step from the
             # new state is accepted: a rejected retry must not reuse it.
             hit | (made_jump & ~keep),
@@ -156,13 +165,14 @@ def backward_loop(
         sstate,
         cstate,
         jnp.asarray(jump_index, jnp.int32),
+        k0,
         jnp.array(False),
         extra0,
         jnp.array(0, jnp.int32),
         jnp.array(0, jnp.int32),
         RESULTS.successful,
     )
-    s, s_prop, z, _, _, j, _, extra, nsteps, nacc, result = lax.while_loop(
+    s, s_prop, z, _, _, j, _, _, extra, nsteps, nacc, result = lax.while_loop(
         cond, body, init
     )
     result = RESULTS.where(

@@ -75,8 +75,13 @@ class Auto(AbstractSensitivity):
     `p` counts the inexact-array leaves of a Module field and of `args`; arrays a
     plain-function field closes over are not counted. The cost model behind
     `AutoDecision.estimates` (units: one `Discrete` gradient) is
-    `Forward ≈ forward_base + forward_per_input · (n + p)`, continuous adjoints
-    `≈ adjoint_factor`, fitted to the crossover sweep in `bench/crossover.py`.
+    `Forward ≈ forward_base + forward_per_input · (n + p)`, `GaussAdjoint ≈
+    gauss_factor`, `InterpolatingAdjoint ≈ interpolating_factor`, fitted to the
+    crossover sweep (`python -m bench.crossover`, bench/results/crossover.md): on
+    this 2-core CPU, Forward ÷ Discrete went 0.23 → 0.8 → 1.1 → 1.4 → 2.8 at
+    n + p = 4, 40, 76, 144, 280 with Tsit5 and 0.25 → 0.7 → 0.9 → 1.2 → 3.6 with
+    Kvaerno5 on a stiff family, so the crossover sits near n + p ≈ 80; the
+    threshold 64 keeps `Forward` inside its winning region.
 
     **Arguments:**
 
@@ -90,16 +95,17 @@ class Auto(AbstractSensitivity):
     field = lambda t, y, k: -k * y
     y0, ts = jnp.array([1.0]), jnp.linspace(0, 1, 3)
     sol = jaxsens.solve(field, y0, ts, 2.0, sensitivity=jaxsens.Auto())
-    print(jaxsens.Auto().decide(field, y0, ts, 2.0))  # Forward(): n + p = 2 ≤ 32
+    print(jaxsens.Auto().decide(field, y0, ts, 2.0))  # Forward(): n + p = 2 ≤ 64
     ```
     """
 
-    forward_threshold: int = 32
+    forward_threshold: int = 64
     linear_dense_max: int = 2000
     # Cost model (units: one Discrete gradient), see the docstring.
-    forward_base: float = 0.6
-    forward_per_input: float = 0.08
-    adjoint_factor: float = 2.5
+    forward_base: float = 0.3
+    forward_per_input: float = 0.009
+    gauss_factor: float = 1.5
+    interpolating_factor: float = 2.5
 
     def decide(self, field, y0, ts, args=None, *, solver=None) -> AutoDecision:
         """The method `Auto` picks for `jaxsens.solve(field, y0, ts, args,
@@ -140,8 +146,8 @@ class Auto(AbstractSensitivity):
         k = n + p
         rel_forward = self.forward_base + self.forward_per_input * k
         costs = {"Forward": rel_forward, "Discrete": 1.0,
-                 "GaussAdjoint": self.adjoint_factor,
-                 "InterpolatingAdjoint": self.adjoint_factor}
+                 "GaussAdjoint": self.gauss_factor,
+                 "InterpolatingAdjoint": self.interpolating_factor}
         if k <= self.forward_threshold:
             method, rule = Forward(), (f"n + p = {k} ≤ forward_threshold = "
                                        f"{self.forward_threshold}: forward sensitivities")

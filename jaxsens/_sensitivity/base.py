@@ -202,7 +202,10 @@ class AbstractAdjoint(AbstractSensitivity):
         solver = opts.solver if self.solver is None else self.solver
         rtol = opts.rtol if self.rtol is None else self.rtol
         atol = opts.atol if self.atol is None else self.atol
-        max_steps = opts.max_steps if self.max_steps is None else self.max_steps
+        # The backward pass stops at every save time and (interpolating methods)
+        # every forward step, on top of the steps λ itself needs.
+        default = 2 * opts.max_steps + int(problem.ts.shape[0])
+        max_steps = default if self.max_steps is None else self.max_steps
         return solver, rtol, atol, max_steps
 
     def solve(self, field, y0, ts, args, options):

@@ -3,7 +3,9 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._common import dense_evaluate, Jumps, tree_add, vjp_params, vjp_y, zeros_like
+from ._common import (
+    dense_evaluate, forward_stops, Jumps, tree_add, vjp_params, vjp_y, zeros_like,
+)
 from ._loop import backward_loop, check, gauss_legendre, rms_norm
 from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
 
@@ -91,6 +93,7 @@ class GaussAdjoint(AbstractAdjoint):
             vf=vf, z0=jumps.initial(), s0=jumps.s0, s_end=jumps.s_end,
             jump_times=jumps.times, num_jumps=jumps.num, jump_index=0,
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
-            max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=zeros_like(problem.diff),
+            max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step,
+            extra0=zeros_like(problem.diff), stop_times=forward_stops(interp),
         )
         return check((out.extra, out.z), out.result, problem.options.throw)

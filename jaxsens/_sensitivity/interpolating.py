@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._solution import RESULTS
-from ._common import dense_evaluate, Jumps, tree_add, vjp_y_and_params, zeros_like
+from ._common import (
+    dense_evaluate, forward_stops, Jumps, tree_add, vjp_y_and_params, zeros_like,
+)
 from ._loop import backward_loop, check, rms_norm
 from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
 
@@ -29,7 +31,8 @@ class InterpolatingAdjoint(AbstractAdjoint):
     - `solver`, `rtol`, `atol`: the backward solve's (default: the forward's).
     - `seminorm`: leave `μ` out of the backward error control (Kidger, Chen & Lyons
         2021); fewer steps, same accuracy in `λ`.
-    - `max_steps`: the backward step budget (default: the forward's).
+    - `max_steps`: the backward step budget (default: twice the forward's plus
+        `len(ts)`).
     - `segment_max_steps`: with checkpoints, the step budget of each interval's
         forward re-solve (default `max(256, 4 * max_steps // checkpoints)`).
 
@@ -114,7 +117,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
                 vf=make_vf(interp), z0=z0, s0=s0, s_end=s_end,
                 jump_times=jumps.times, num_jumps=jumps.num, jump_index=j,
                 jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=norm,
-                max_steps=max_steps, dt0=dt0,
+                max_steps=max_steps, dt0=dt0, stop_times=forward_stops(interp),
             )
 
         z0 = (jumps.initial(), zeros_like(problem.diff))

@@ -4,7 +4,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._common import dense_evaluate, Jumps, tree_add, vjp_y, zeros_like
+from ._common import dense_evaluate, forward_stops, Jumps, tree_add, vjp_y, zeros_like
 from ._loop import backward_loop, check, gauss_legendre, prepare_solver, rms_norm
 from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
 from .gauss import node_integral
@@ -99,6 +99,7 @@ class QuadratureAdjoint(AbstractAdjoint):
             jump_times=jumps.times, num_jumps=jumps.num, jump_index=0,
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
             max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=store0,
+            stop_times=forward_stops(interp),
         )
         sa, sb, dn, count = out.extra
 
