@@ -334,6 +334,11 @@ def explain(
         )
 
     ts = jnp.asarray(ts)
+    # Python floats in `args` are trainable, as in `solve`: make them arrays so the
+    # probe and its float64 reference differentiate the same leaves.
+    args = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args
+    )
     decision = auto.decide(field, y0, ts, args, solver=solver)
     method = decision.method if sensitivity is None else sensitivity
     if isinstance(method, Auto):

@@ -95,6 +95,15 @@ def test_linear_field_needs_no_probe():
     assert "Estimated costs: none compared" in str(e)
 
 
+def test_python_float_args_are_probed_like_arrays():
+    # `args=0.5` is trainable in `solve`; the probe and its float64 reference must
+    # differentiate the same leaves (they once disagreed: 2 vs 3 entries).
+    e = jaxsens.explain(lambda t, y, k: -k * y, jnp.array([1.0, 2.0]),
+                        jnp.linspace(0.0, 2.0, 4), 0.5)
+    assert set(e.probe["parts"]) == {"y0", "args"}
+    assert e.probe["error"] < 1e-4
+
+
 # --- errors --------------------------------------------------------------------
 
 
