@@ -251,8 +251,10 @@ def _child(name, quick, rounds, exclude):
             p64 = dataclasses.replace(
                 pr, y0=cast64(pr.y0), ts=cast64(pr.ts), params=cast64(pr.params),
                 field=cast64(pr.field), args=cast64(pr.args))
+            # (A large max_steps makes Discrete's checkpointing allocate for it,
+            # vmapped over the controls too: keep the budget near what is needed.)
             tight = dict(rtol=1e-10, atol=1e-10 if pr.atol >= 1e-10 else pr.atol * 1e-4,
-                         max_steps=200_000)
+                         max_steps=16_384)
             if pr.name == "long_horizon":
                 tight = dict(rtol=1e-9, atol=1e-9, max_steps=20 * pr.max_steps)
             c, dyn, _ = compiled_grad(p64, jaxsens.Discrete(), **tight)

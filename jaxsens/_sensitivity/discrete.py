@@ -11,9 +11,18 @@ from .base import (
 
 class Discrete(AbstractSensitivity):
     """Reverse-mode AD through the solver's own steps (a "discretise-then-optimise"
-    gradient): exactly the gradient of the computed solution, so the most accurate
-    method for a given forward tolerance, at a memory cost that grows with the
-    number of steps (bounded by diffrax's recursive checkpointing).
+    gradient): exactly the gradient of the computed solution, with memory bounded
+    by diffrax's recursive checkpointing. The fastest reverse-mode method measured
+    on CPU for non-linear problems (bench/RESULTS.md), and `Auto`'s choice above
+    the forward-mode threshold.
+
+    Caveat: the gradient of the computed solution is only as good as the solution
+    is a smooth function of the parameters. With an explicit solver at its
+    stability limit (a stiff problem run with `Tsit5`) the step-size controller's
+    decisions make the discrete solution a rough function of the parameters and
+    the gradient can be far off (measured: 10³–10⁶ relative error on a heat
+    equation); use an implicit solver (`diffrax.Kvaerno5()`) there, and check with
+    `jaxsens.check_gradient` when in doubt.
 
     JAX cannot give one function different custom rules for forward and reverse
     mode, so the mode is a setting:

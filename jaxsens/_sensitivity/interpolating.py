@@ -24,6 +24,12 @@ class InterpolatingAdjoint(AbstractAdjoint):
     output) just before integrating the adjoint over it: memory O(K + steps/K)
     instead of O(steps), at the cost of a second forward solve.
 
+    With an implicit backward solver (`Kvaerno5`), `μ` (one entry per parameter) is
+    part of the implicitly solved state, so each step factorises an
+    `(n + p) × (n + p)` matrix: fine for a few parameters, hopeless for 10⁴ (seed
+    000's stiff variant did not finish in 120 s). Prefer `GaussAdjoint` there: it
+    integrates only `λ` (size `n`) and gets `μ` by quadrature.
+
     **Arguments:**
 
     - `checkpoints`: `None` (store the whole dense output) or the number `K` of
