@@ -2,7 +2,6 @@
 
 import diffrax as dfx
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import ArrayLike, Float, PyTree
@@ -88,7 +87,7 @@ def solve(
     atol: float = 1e-6,
     dt0: float | None = None,
     max_steps: int = 16**3,
-    sensitivity: AbstractSensitivity = Auto(),
+    sensitivity: AbstractSensitivity = Auto(),  # noqa: B008 (immutable Module)
     throw: bool = True,
 ) -> Solution:
     """Solve `dy/dt = field(t, y, args)` from `y0` and save at `ts`, differentiably.

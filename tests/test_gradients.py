@@ -12,7 +12,7 @@ import pytest
 
 import jaxsens
 
-from .helpers import central_fd, METHODS, PROBLEMS, rel_err, trainable
+from .helpers import METHODS, PROBLEMS, central_fd, rel_err, trainable
 
 
 def _grad_fn(problem, method):

@@ -8,7 +8,7 @@ import pytest
 
 import jaxsens
 
-from .helpers import central_fd, METHODS, PROBLEMS, rel_err, sum_squares, trainable
+from .helpers import METHODS, PROBLEMS, central_fd, rel_err, sum_squares, trainable
 
 
 LV = PROBLEMS["lotka_volterra"]

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -217,7 +216,7 @@ def _root_finder_tolerances(solver, controller):
                     "steps; give the root finder explicit tolerances."
                 )
             solver = eqx.tree_at(
-                lambda s: getattr(s.root_finder, attr), solver,
+                lambda s: getattr(s.root_finder, attr), solver,  # noqa: B023 (used at once)
                 getattr(controller, attr),
             )
     return solver

@@ -5,7 +5,7 @@ import jax.tree_util as jtu
 from .._solution import RESULTS
 from ._common import Jumps, tree_add, vjp_y_and_params, zeros_like
 from ._loop import backward_loop, check, rms_norm
-from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
+from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 
 
 def _drift(y, y_saved, rtol, atol):

@@ -7,11 +7,11 @@ from jax.flatten_util import ravel_pytree
 
 from .base import (
     AbstractSensitivity,
+    Problem,
     as_problem,
+    checked,
     diffrax_flags,
     diffrax_solve,
-    checked,
-    Problem,
     result_from_flags,
     stats_of,
 )

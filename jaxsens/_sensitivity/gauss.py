@@ -4,10 +4,16 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._common import (
-    dense_evaluate, forward_stops, Jumps, tree_add, vjp_params, vjp_y, zeros_like,
+    Jumps,
+    dense_evaluate,
+    forward_stops,
+    tree_add,
+    vjp_params,
+    vjp_y,
+    zeros_like,
 )
 from ._loop import backward_loop, check, gauss_legendre, rms_norm
-from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
+from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 
 
 def node_integral(problem, interp, solver, s_a, s_b, dense, nodes, weights):

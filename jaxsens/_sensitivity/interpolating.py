@@ -5,10 +5,15 @@ import jax.tree_util as jtu
 
 from .._solution import RESULTS
 from ._common import (
-    dense_evaluate, forward_stops, Jumps, tree_add, vjp_y_and_params, zeros_like,
+    Jumps,
+    dense_evaluate,
+    forward_stops,
+    tree_add,
+    vjp_y_and_params,
+    zeros_like,
 )
 from ._loop import backward_loop, check, rms_norm
-from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
+from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 
 
 class InterpolatingAdjoint(AbstractAdjoint):

@@ -4,9 +4,9 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._common import dense_evaluate, forward_stops, Jumps, tree_add, vjp_y, zeros_like
+from ._common import Jumps, dense_evaluate, forward_stops, tree_add, vjp_y, zeros_like
 from ._loop import backward_loop, check, gauss_legendre, prepare_solver, rms_norm
-from .base import AbstractAdjoint, diffrax_result, diffrax_solve, Problem, stats_of
+from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 from .gauss import node_integral
 
 
