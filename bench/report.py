@@ -238,8 +238,8 @@ def write():
         "## Headline: fastest method, Auto's pick, peers",
         "",
         "Warm = median of round-robin warm calls of the jitted gradient (µs/ms/s). "
-        "'Fastest jaxsens' excludes `Auto()` itself; the Auto check passes when "
-        "`Auto()`'s measured warm median is within 1.5× of it. Fastest peer: "
+        "'Fastest jaxsens' excludes `Auto()` itself; the Auto check (next section) "
+        "passes when Auto's choice is within 1.5× of it. Fastest peer: "
         "diffrax (`RecursiveCheckpointAdjoint`, `BacksolveAdjoint`), "
         "`jax.experimental.ode.odeint`, torchdiffeq (`odeint`, `odeint_adjoint`), "
         "whichever ran — a peer's time counts even when its gradient is wrong "
@@ -271,6 +271,16 @@ def write():
     L += ["", f"{npass} of {len(checks)} problems PASS."]
     if xo:
         L += [""] + crossover_section(xo)
+    L += ["## Failures and inaccurate gradients", "",
+          "Generated from the per-problem tables: every method that raised, and "
+          "every gradient more than 10 % off its problem's reference.", ""]
+    for name, res in problems.items():
+        for m, r in res.get("rows", {}).items():
+            if "error" in r:
+                L.append(f"- {name}, {m}: raised `{r['error'][:200]}`")
+            elif r.get("rel_err", 0) > 0.1:
+                L.append(f"- {name}, {m}: relative error {r['rel_err']:.2g}")
+    L += [""]
     L += ["## Per-problem tables", "",
           "Compile = `jax.jit(grad).lower(...).compile()` in the problem's fresh "
           "subprocess (methods compiled one after another: later ones may reuse "

@@ -177,8 +177,12 @@ def _child(name, quick, rounds, exclude):
                if not (m in ("LinearExpm", "KrylovExpm") and not pr.linear)]
     if quick:
         methods = [m for m in methods if m in QUICK_METHODS]
-    torch_fns, torch_version = _torch_peers.build(name, pr) if any(
-        m.startswith("torch") for m in methods) else ({}, None)
+    torch_fns, torch_version = {}, None
+    if any(m.startswith("torch") for m in methods):
+        try:
+            torch_fns, torch_version = _torch_peers.build(name, pr)
+        except Exception as e:  # noqa: BLE001 - a broken port is reported
+            torch_fns = {"_why": f"port failed: {child_mod.error_text(e)}"}
 
     rows, calls = {}, {}
     for m in methods:
