@@ -74,6 +74,7 @@ GRID = {
         ("stiff", 2, 256), ("stiff", 2, 2048), ("stiff", 256, 1),
     ],
 }
+GRID["explicit_t10"] = [("mlp_t10", n, n) for n in (1, 2, 4, 8, 16, 32, 64)]
 QUICK = {
     "explicit": [("mlp", 1, 1), ("mlp", 4, 4), ("mlp", 16, 8), ("mlp", 32, 32),
                  ("mlp", 64, 64)],
@@ -275,7 +276,7 @@ def analyse(points):
     """Per solver kind: the points sorted by n + p with the fastest method, and the
     crossover estimates (largest n + p where Forward wins, smallest where it loses)."""
     out = {}
-    for kind in ("explicit", "stiff"):
+    for kind in ("explicit", "explicit_t10", "stiff"):
         pts = sorted((p for p in points if p["kind"] == kind),
                      key=lambda p: p["n_plus_p"])
         if not pts:
@@ -420,8 +421,10 @@ def plot(data):
     import matplotlib.pyplot as plt
 
     an = analyse(data["points"])
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, kind in zip(axes, ("explicit", "stiff"), strict=True):
+    kinds = [k for k in ("explicit", "explicit_t10", "stiff") if k in an] or ["explicit"]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 5), sharey=True)
+    axes = list(getattr(axes, "flat", [axes]))
+    for ax, kind in zip(axes, kinds, strict=True):
         if kind not in an:
             ax.set_title(f"{kind}: no data")
             continue
@@ -474,6 +477,8 @@ def run(*, quick=False, solver="both", repeats=None, timeout=None, log=print,
     timeout = timeout or (120 if quick else 240)
     grid = QUICK if quick else GRID
     kinds = ["explicit", "stiff"] if solver == "both" else [solver]
+    if solver == "both" and not quick:
+        kinds.append("explicit_t10")
     cmd = "python -m bench.crossover" + (" --quick" if quick else "") + (
         f" --solver {solver}" if solver != "both" else "") + (
         f" --repeats {repeats}" if repeats else "")
@@ -508,7 +513,8 @@ def run(*, quick=False, solver="both", repeats=None, timeout=None, log=print,
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--solver", choices=["both", "explicit", "stiff"], default="both")
+    ap.add_argument("--solver", choices=["both", "explicit", "stiff", "explicit_t10"],
+                    default="both")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--child", nargs=3)

@@ -117,7 +117,7 @@ def _child(name, quick, rounds, exclude):
         if method == "jax odeint":
             dyn, static = eqx.partition((field, args), eqx.is_array)
             ts = prob.ts
-            prepend = prob.t0 is not None and prob.t0 != float(prob.ts[0])
+            prepend = prob.t0 is not None and prob.t0 != float(np.asarray(prob.ts)[0])
             if prepend:
                 ts = jnp.concatenate([jnp.asarray([prob.t0], ts.dtype), ts])
 

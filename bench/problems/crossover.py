@@ -4,13 +4,15 @@ and parameter count `p` set independently.
 - `"mlp"` (explicit, Tsit5): `y' = -y/2 + (y₋ − y₊)/2 + U tanh(V y + b)`, where
   `y₋, y₊` are `y` rolled by ±1 (a fixed, parameter-free, O(n) skew coupling) and
   `U` (n×h), `V` (h×n), `b` (h) are the parameters: `p = 2 n h + h`.
+- `"mlp_t10"`: `"mlp"` on t ∈ [0, 10] (5 save times): ~10× the steps, to see how
+  the crossover moves when per-call overheads matter less.
 - `"few"` (explicit, Tsit5): the same coupling plus `θ₀ tanh(θ₁ y + θ₂) + θ₃`:
   `p = 4` whatever `n` (large state, few parameters).
 - `"stiff"` (Kvaerno5): `y' = -Λ y + (y₋ − y₊)/2 + U tanh(V y + b)` with the decay
   rates `Λ` log-spaced in [1, 10³] (stiffness ratio 10³ on a unit horizon;
   Tsit5 would need ~400 steps, Kvaerno5 takes about 10).
 
-t ∈ [0, 1], 5 save times (t0 = ts[0] = 0), loss `Σ y(t_k)²`, float64,
+t ∈ [0, 1] (`mlp_t10`: [0, 10]), 5 save times (t0 = ts[0] = 0), loss `Σ y(t_k)²`, float64,
 rtol = atol = 1e-6. The parameters are passed as `args` (a dict), so `Auto`
 counts them; the field is a plain function (the coupling is a constant).
 """
@@ -68,7 +70,8 @@ def make(family: str, n: int, h: int = 1, *, seed: int = 0) -> CrossoverProblem:
     ku, kv, kb, ky = jr.split(jr.key(seed), 4)
     dtype = jnp.float64
     y0 = jr.normal(ky, (n,), dtype) / np.sqrt(n)
-    ts = jnp.linspace(0.0, T1, NUM_TIMES, dtype=dtype)
+    t1 = 10.0 if family == "mlp_t10" else T1
+    ts = jnp.linspace(0.0, t1, NUM_TIMES, dtype=dtype)
     if family == "few":
         params = {"theta": jnp.array([0.3, 1.0, 0.1, 0.05], dtype)}
         return CrossoverProblem(family, n, 0, _few_field, y0, ts, params, False)
@@ -77,7 +80,7 @@ def make(family: str, n: int, h: int = 1, *, seed: int = 0) -> CrossoverProblem:
         "V": jr.normal(kv, (h, n), dtype) / np.sqrt(n),
         "b": 0.1 * jr.normal(kb, (h,), dtype),
     }
-    if family == "mlp":
+    if family in ("mlp", "mlp_t10"):
         decay = 0.5
     elif family == "stiff":
         decay = jnp.asarray(np.logspace(0.0, 3.0, n) if n > 1 else [1e3], dtype)
