@@ -343,6 +343,47 @@ def summary(an):
     return L
 
 
+READING = """\
+## Reading (written 2026-11-26 from the explicit + stiff grid of that day's run)
+
+- **The Forward axis is p, not n + p.** The gradient is taken w.r.t. the parameters
+  only, so Forward carries p tangents, each costing about one forward solve of
+  size n. With p = 4 (`few`), Forward beats Discrete at n = 16 (0.35×) and
+  n = 256 (0.46×) and ties it at n = 4096 (0.93×). On the `mlp` family Forward ÷
+  Discrete is 0.23×, 0.65×, 0.83× at p = 3, 10, 36, then 1.09× at p = 68, 1.4× at
+  136, 2–3× at 160–264, 15× at 528 and 80×–6000× beyond p ≈ 500.
+  **Explicit (Tsit5): Forward wins for p ≲ 40–60. Stiff (Kvaerno5): Forward ÷
+  Discrete is 0.25, 0.85, 0.67, 0.86 at p = 3, 10, 36, 68, then 1.19× at 136,
+  3.6× at 264: Forward wins for p ≲ 70–100.**
+- **Above that, Discrete is the method to pick.** Leaving BacksolveAdjoint aside, Discrete is
+  the fastest method or within 1.5× of it at every point with p > 40, explicit and stiff
+  (worst 1.49×, stiff p = 36; mostly 1.00–1.16×). BacksolveAdjoint is
+  up to 4.4× faster than Discrete on the explicit family (mildly damped:
+  decay 0.5, so the backward re-integration is stable), but it **raised at every
+  stiff point** (re-integrating a dissipative system backwards diverges; jaxsens
+  detects it and raises instead of returning a wrong gradient) and on seed 000,
+  the UDE and the heat equation in the suite. Use it only when it is known to be stable.
+- **GaussAdjoint is the best continuous adjoint on the stiff problem** (0.75–1.7×
+  Discrete's time, mostly 0.9–1.1×). The adjoints whose backward state carries the
+  p parameter adjoints through the implicit solver (Interpolating, Backsolve)
+  blow up with p on Kvaerno5: InterpolatingAdjoint 591 ms vs Discrete 14 ms at
+  n + p = 280, and > 240 s at 544 (QuadratureAdjoint too); skipped above 500.
+- **Interpolating/Quadrature/Gauss adjoints slow down badly with the state size n**
+  on the explicit problem, regardless of p: at p = 4, n = 256 they take 29/112/37 ms
+  vs Discrete's 0.97 ms, at n = 4096 578/1910/576 ms vs 9 ms (~0.14 ms per state
+  component, while Discrete and Backsolve stay at ~2 µs per component). This looks
+  like a per-component cost in their backward pass (dense-output or per-step work
+  growing with n) and is worth profiling; until then Auto should not pick them
+  for large n.
+- Caveat: on t ∈ [0, 1] the explicit solves take 4–8 steps, so small points are
+  dominated by per-call overheads (tens of µs). `explicit_t10` (t ∈ [0, 10], n = h)
+  checks that the crossover holds with ~10× the steps.
+- A rule this supports: linear → LinearExpm/KrylovExpm (suite); else
+  Forward if p ≤ 50 (explicit) / p ≤ 70 (implicit solver); else Discrete.
+  Prefer GaussAdjoint over Discrete only for memory (long horizons), not for speed.
+"""
+
+
 def markdown(data):
     meta = data["meta"]
     an = analyse(data["points"])
@@ -366,6 +407,7 @@ def markdown(data):
         "",
     ] + summary(an) + [
         "",
+        READING,
         "![crossover](crossover.png)",
     ]
     for kind, a in an.items():
