@@ -52,28 +52,30 @@ def headline(problems):
     from bench.run import OURS, PEERS, auto_check
 
     L = [
-        "| problem | n | p | solver | fastest jaxsens (warm) | Auto picks | Auto "
-        "(warm) | Auto check (≤ 1.5× fastest) | fastest peer (warm) | fastest "
-        "jaxsens / fastest peer |",
-        "| --- | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: |",
+        "| problem | n | p | solver | fastest jaxsens (warm median) | fastest by min "
+        "| Auto picks | Auto (warm) | Auto check (≤ 1.5× fastest) | fastest peer "
+        "(warm) | fastest jaxsens / fastest peer |",
+        "| --- | ---: | ---: | --- | --- | --- | --- | ---: | --- | --- | ---: |",
     ]
     checks = []
     for name, res in problems.items():
         if "rows" not in res:
-            L.append(f"| {name} | | | | failed: {res.get('error', '?')[:120]} | | | | | |")
+            L.append(f"| {name} | | | | failed: {res.get('error', '?')[:120]} | | | | | | |")
             continue
         rows = res["rows"]
         ours = [m for m in OURS if m != "Auto()" and "warm" in rows.get(m, {})]
         peers = [m for m in PEERS if "warm" in rows.get(m, {})]
         best = min(ours, key=lambda m: rows[m]["warm"]) if ours else None
         bp = min(peers, key=lambda m: rows[m]["warm"]) if peers else None
+        bmin = min(ours, key=lambda m: rows[m]["min"]) if ours else None
         st, aw, _, bw, ratio, cr = auto_check(res)
         auto = res.get("auto", {})
         pick = auto.get("method", auto.get("error", "?"))
         checks.append((name, res, st, aw, best, bw, ratio, cr))
         L.append(
             f"| {name} | {res['n']} | {res['p']} | {res['solver']} "
-            f"| {best} ({ms(rows[best]['warm']) if best else '—'}) | {pick} "
+            f"| {best} ({ms(rows[best]['warm']) if best else '—'}) "
+            f"| {bmin} ({ms(rows[bmin]['min']) if bmin else '—'}) | {pick} "
             f"| {ms(aw)} | **{st}**" + (f" (×{cr:.2f})" if cr else "")
             + f" | {bp} ({ms(rows[bp]['warm']) if bp else '—'}) "
             f"| {rows[best]['warm'] / rows[bp]['warm'] if best and bp else float('nan'):.2f} |"
