@@ -344,7 +344,7 @@ def summary(an):
 
 
 READING = """\
-## Reading (written 2026-11-26 from the explicit + stiff grid of that day's run)
+## Reading (written 2026-11-26 from that day's explicit, explicit_t10 and stiff grids)
 
 - **The Forward axis is p, not n + p.** The gradient is taken w.r.t. the parameters
   only, so Forward carries p tangents, each costing about one forward solve of
@@ -352,9 +352,13 @@ READING = """\
   n = 256 (0.46×) and ties it at n = 4096 (0.93×). On the `mlp` family Forward ÷
   Discrete is 0.23×, 0.65×, 0.83× at p = 3, 10, 36, then 1.09× at p = 68, 1.4× at
   136, 2–3× at 160–264, 15× at 528 and 80×–6000× beyond p ≈ 500.
-  **Explicit (Tsit5): Forward wins for p ≲ 40–60. Stiff (Kvaerno5): Forward ÷
-  Discrete is 0.25, 0.85, 0.67, 0.86 at p = 3, 10, 36, 68, then 1.19× at 136,
-  3.6× at 264: Forward wins for p ≲ 70–100.**
+  **Explicit (Tsit5): Forward wins for p ≲ 40 when the solve takes ~5 steps,
+  but only for p ≲ 10 with ~20 steps** (`explicit_t10`: Forward ÷ Discrete 0.20×,
+  1.1×, 1.25×, 2.6× at p = 3, 10, 36, 136): the more steps, the more Forward's p
+  tangents cost relative to one reverse sweep. **Stiff (Kvaerno5, 25–36 steps):
+  Forward ÷ Discrete is 0.25, 0.85, 0.67, 0.86 at p = 3, 10, 36, 68, then 1.19× at
+  136, 3.6× at 264: Forward wins for p ≲ 70–100** (its tangents reuse the Newton
+  matrix factorisation).
 - **Above that, Discrete is the method to pick.** Leaving BacksolveAdjoint aside, Discrete is
   the fastest method or within 1.5× of it at every point with p > 40, explicit and stiff
   (worst 1.49×, stiff p = 36; mostly 1.00–1.16×). BacksolveAdjoint is
@@ -376,23 +380,32 @@ READING = """\
   growing with n) and is worth profiling; until then Auto should not pick them
   for large n.
 - Caveat: on t ∈ [0, 1] the explicit solves take 4–8 steps, so small points are
-  dominated by per-call overheads (tens of µs). `explicit_t10` (t ∈ [0, 10], n = h)
-  checks that the crossover holds with ~10× the steps.
-- A rule this supports: linear → LinearExpm/KrylovExpm (suite); else
-  Forward if p ≤ 50 (explicit) / p ≤ 70 (implicit solver); else Discrete.
-  Prefer GaussAdjoint over Discrete only for memory (long horizons), not for speed.
+  dominated by per-call overheads (tens of µs); `explicit_t10` (t ∈ [0, 10], n = h,
+  19–23 steps) is the more realistic explicit curve. There, Discrete is the
+  fastest method from p = 36 on, and GaussAdjoint the best continuous adjoint from
+  p ≈ 500 on (1.7–3.4× Discrete's time).
+- A rule this supports: linear → LinearExpm/KrylovExpm (suite); else Forward if
+  p ≤ ~10–16 with an explicit solver (up to ~40 for very short solves) or p ≤ ~64
+  with an implicit one; else Discrete. GaussAdjoint only when memory matters
+  (long horizons), not for speed. (`Auto` currently counts n + p, and counts a
+  `jaxsens.Control`'s `ts` and `values` in `args` as parameters: seed 002 reads as
+  n + p = 484 though only the 282 weights are differentiated.)
 """
 
 
 def markdown(data):
     meta = data["meta"]
     an = analyse(data["points"])
+    made = []
+    for p in data["points"]:
+        mb = p.get("made_by", {k: meta[k] for k in ("cmd", "date", "jaxsens")})
+        line = f"`{mb['cmd']}` ({mb['date']}, jaxsens {mb['jaxsens']})"
+        if line not in made:
+            made.append(line)
     L = [
         "# Crossover study: Forward vs adjoints vs Discrete (issue 6)",
         "",
-        f"Command: `{meta['cmd']}` — {meta['date']}; {meta['machine']}; "
-        f"{meta['versions']}; jaxsens {meta['jaxsens']}; load average at start "
-        f"{meta['load']:.1f}.",
+        "Made by " + "; ".join(made) + f". {meta['machine']}; {meta['versions']}.",
         "",
         "The machine was **shared** (2 cores, other engineers' test runs): times are "
         "noisy; every method of a point was timed in the same process, round-robin, "
@@ -543,6 +556,7 @@ def run(*, quick=False, solver="both", repeats=None, timeout=None, log=print,
             if res is None:
                 continue
             res["kind"] = kind
+            res["made_by"] = {k: data["meta"][k] for k in ("cmd", "date", "jaxsens")}
             data["points"].append(res)
             best = fastest(res)
             log(f"    n+p={res['n_plus_p']} steps={res['forward_steps']} fastest={best} "

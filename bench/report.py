@@ -136,20 +136,20 @@ def problem_table(name, res):
 
 
 def crossover_section(xo):
-    from bench.crossover import analyse, fastest, ratio
+    from bench.crossover import READING, analyse, fastest, markdown, ratio
 
     meta = xo["meta"]
     an = analyse(xo["points"])
     L = [
         "## Crossover: Forward vs adjoints vs Discrete",
         "",
-        f"Made by `{meta['cmd']}` on {meta['date']} (load {meta['load']:.1f}); "
-        f"jaxsens {meta['jaxsens']}. Full grid and per-point tables: "
+        markdown(xo).split("\n")[2] + " Full grid and per-point tables: "
         "[results/crossover.md](results/crossover.md), data for fitting a rule: "
         "[results/crossover.json](results/crossover.json).",
         "",
         "![crossover](results/crossover.png)",
         "",
+        READING.replace("## Reading", "### Reading"),
         "| solver | n | p | n+p | fastest | Forward | best reverse | Discrete "
         "| best adjoint |",
         "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | --- |",
