@@ -45,6 +45,14 @@ class GaussAdjoint(AbstractAdjoint):
     memory matters; `QuadratureAdjoint` does the same integral after the backward
     pass in larger batches.
 
+    Cost of the forward dense output: diffrax preallocates it for `max_steps`
+    steps (for `Tsit5`, 7 stage vectors of size `n` per step), and it is written
+    on every call, so time and memory grow with `max_steps · n`, not with the steps
+    taken. Measured (bench/results/crossover.md, 5 forward steps, default
+    `max_steps=4096`): 36 ms per gradient at n = 256 and 0.66 s at n = 4096, where
+    `Discrete` takes 1.1 ms and 8 ms. Set `max_steps` near the steps the solve
+    needs (see `sol.stats`), or use `Discrete`.
+
     **Arguments:** `solver`, `rtol`, `atol`, `max_steps` of the backward solve
     (default: the forward's); `nodes`, the Gauss–Legendre points per step.
 
