@@ -173,7 +173,7 @@ def crossover_section(xo):
     return L + [""]
 
 
-def plot(problems):
+def plot(problems, png):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,12 +205,14 @@ def plot(problems):
         ax.axis("off")
     fig.suptitle("jaxsens (blue), Auto (orange), peers (gray); shared 2-core CPU")
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS_DIR, "suite.png"), dpi=100)
+    fig.savefig(png, dpi=100)
     plt.close(fig)
 
 
-def write():
-    suite = _load(SUITE_JSON) or {"problems": {}}
+def write(suite_json=SUITE_JSON, out=None, png=None):
+    out = out or os.path.join(HERE, "RESULTS.md")
+    png = png or os.path.join(RESULTS_DIR, "suite.png")
+    suite = _load(suite_json) or {"problems": {}}
     xo = _load(CROSSOVER_JSON)
     problems = suite["problems"]
     from bench.problems import registry
@@ -298,6 +300,10 @@ def write():
     for f, what in TOPIC_FILES:
         if os.path.exists(os.path.join(RESULTS_DIR, f)):
             L.append(f"- [results/{f}](results/{f}): {what}")
-    with open(os.path.join(HERE, "RESULTS.md"), "w") as fh:
+    if out != os.path.join(HERE, "RESULTS.md"):  # results/quick.md: fix relative links
+        L = [x.replace("](results/", "](").replace("(results/suite.png)",
+                                                   f"({os.path.basename(png)})")
+             for x in L]
+    with open(out, "w") as fh:
         fh.write("\n".join(L) + "\n")
-    plot(problems)
+    plot(problems, png)
