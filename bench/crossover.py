@@ -375,10 +375,15 @@ READING = """\
 - **Interpolating/Quadrature/Gauss adjoints slow down badly with the state size n**
   on the explicit problem, regardless of p: at p = 4, n = 256 they take 29/112/37 ms
   vs Discrete's 0.97 ms, at n = 4096 578/1910/576 ms vs 9 ms (~0.14 ms per state
-  component, while Discrete and Backsolve stay at ~2 µs per component). This looks
-  like a per-component cost in their backward pass (dense-output or per-step work
-  growing with n) and is worth profiling; until then Auto should not pick them
-  for large n.
+  component, while Discrete and Backsolve stay at ~2 µs per component). **Cause,
+  measured afterwards: their buffers are preallocated from `max_steps`** (XLA temp
+  256 MB at n = 1024 with the default `max_steps = 4096`, vs 2 MB for Discrete;
+  ≈ 4096 × 8 × n floats) and the time follows the buffer, not the steps taken (8
+  backward steps at every n): `few`, n = 1024, GaussAdjoint 79 ms at
+  `max_steps = 4096`, 1.7 ms at 256, 1.2 ms at 64 (Discrete 0.7–1.1 ms). So
+  every continuous-adjoint number here is for the default budget; sizing the
+  buffers by the steps actually needed would remove most of the gap — a jaxsens
+  fix to make before Auto picks these methods for large n.
 - Caveat: on t ∈ [0, 1] the explicit solves take 4–8 steps, so small points are
   dominated by per-call overheads (tens of µs); `explicit_t10` (t ∈ [0, 10], n = h,
   19–23 steps) is the more realistic explicit curve. There, Discrete is the
