@@ -18,7 +18,7 @@ long-horizon memory case). Each problem runs in a FRESH subprocess
 `odeint_adjoint` where ported). Per method: compile time (`jit(...).lower().compile()`,
 in that process: methods share no XLA executable, but Python-side trace caches
 may make later methods a little cheaper), the first run, then warm calls
-round-robin over all methods (`--repeats` rounds; a method stops repeating once
+round-robin over all methods in a shuffled order each round (`--repeats` rounds; a method stops repeating once
 it has used `BUDGET_S`), reported as median and min; the XLA temp buffers of the
 compiled gradient; the relative error of the gradient against a reference
 (exact `LinearExpm`, `KrylovExpm(tol=1e-12)`, or float64 `Discrete` at
@@ -43,6 +43,7 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -245,8 +246,14 @@ def _child(name, quick, rounds, exclude):
         rows[m] = row
 
     say(timing=True)
+    # Round-robin in a different order each round: the call right after a long
+    # one (torchdiffeq, Forward) is systematically slower on this machine (thread
+    # pools waking up), and a fixed order would always charge the same method.
+    rng = random.Random(0)
     for _ in range(max(0, rounds - 1)):
-        for m, call in calls.items():
+        order = list(calls.items())
+        rng.shuffle(order)
+        for m, call in order:
             if sum(rows[m]["times"]) > budget:
                 continue
             t = time.perf_counter()
