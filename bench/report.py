@@ -27,6 +27,43 @@ TOPIC_FILES = [
 ]
 
 
+FINDINGS = """\
+## Findings (written 2026-11-26 from the runs below; re-check after a re-run)
+
+- **Linear fields are never time-stepped by Auto, and that is right**: seed 000
+  `LinearExpm` ≈ 4 ms vs ≈ 15 ms for Discrete/diffrax and an exact gradient
+  (time-stepped ones are 4e-3 off at rtol = 1e-6); heat 100×100 `KrylovExpm`
+  ≈ 0.15 s vs ≈ 1.2 s for Discrete/diffrax RCA, whose gradient is **wrong by 8e5**
+  (differentiating the step-size controller at Tsit5's stability limit, see
+  results/linear.md).
+- **Silent wrong gradients among the peers**: on seed 000, the UDE and the heat
+  equation, diffrax `BacksolveAdjoint`, `jax.experimental.ode.odeint` and
+  torchdiffeq `odeint_adjoint` return gradients off by 1e18–1e119 without an
+  error (backward re-integration of a dissipative system). jaxsens's
+  `BacksolveAdjoint` raises instead on the same problems.
+- **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 43 s per gradient on seed
+  000 (measured once), vs 4 ms for `LinearExpm`.
+- **Long horizon (10^4 steps)**: Discrete, Quadrature and Gauss ≈ 2.6 s; jaxsens's
+  Backsolve (9.3 s) and Interpolating (12 s) are 3.6–4.8× slower than Discrete
+  and slower than diffrax's Backsolve (5.2 s) — worth profiling. XLA temp buffers:
+  Discrete 0.3 MB, Gauss/Interpolating ≈ 50 MB, Quadrature 177 MB (see
+  results/core.md for resident-memory measurements).
+- **Continuous adjoints' buffers are sized by `max_steps`**, and their time
+  follows the buffer size (crossover reading): GaussAdjoint 79 ms → 1.7 ms on a
+  1024-state problem when `max_steps` goes from 4096 to 256. This inflates every
+  continuous-adjoint time at large n in these tables (heat: 1.3–10 s, XLA temp
+  2.5 GB for Gauss/Interpolating, 7.6 GB for Quadrature).
+- **Robertson (stiff, Kvaerno5)**: Forward ≈ 14 ms, Discrete ≈ 50 ms, the
+  the continuous adjoints 66–83 ms; jaxsens's `BacksolveAdjoint` raises (the
+  backward re-integration diverges) and diffrax's exhausts its step budget.
+- **Tolerance-dominated gradients**: seed 002 at rtol = atol = 1e-6 in float32 is
+  30 % off (1 control) / 2 % (100 controls) for every method, diffrax's and
+  torchdiffeq's included: atol sits above the state's scale (≈ 1e-4).
+- **Compile times** are 2–15 s per method and problem on this machine (most of
+  a `--quick` run).
+"""
+
+
 def ms(s):
     if s is None or s != s:
         return "—"
@@ -275,6 +312,7 @@ def write(suite_json=SUITE_JSON, out=None, png=None):
     L += ["", f"{npass} of {len(checks)} problems PASS."]
     if xo:
         L += [""] + crossover_section(xo)
+    L += [FINDINGS]
     L += ["## Failures and inaccurate gradients", "",
           "Generated from the per-problem tables: every method that raised, and "
           "every gradient more than 10 % off its problem's reference.", ""]
