@@ -35,12 +35,27 @@ def run(module, child_args, *, rounds, timeout, log, attempts=4):
     child's `result` dict (with `wall_s`), or `{"error": ...}`."""
     exclude = {}
     for _ in range(attempts):
-        cmd = [sys.executable, "-m", module, "--child", *map(str, child_args),
-               "--repeats", str(rounds), "--exclude", json.dumps(exclude)]
+        cmd = [
+            sys.executable,
+            "-m",
+            module,
+            "--child",
+            *map(str, child_args),
+            "--repeats",
+            str(rounds),
+            "--exclude",
+            json.dumps(exclude),
+        ]
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env, cwd=ROOT)
+        p = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         try:
             out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -56,9 +71,13 @@ def run(module, child_args, *, rounds, timeout, log, attempts=4):
                     running = "timing"
             if running in (None, "timing"):
                 rounds = 1
-                log(f"    timeout ({timeout:.0f} s) while timing; retrying with 1 round")
+                log(
+                    f"    timeout ({timeout:.0f} s) while timing; retrying with 1 round"
+                )
             else:
-                exclude[running] = f"first call not finished within the {timeout:.0f} s cap"
+                exclude[running] = (
+                    f"first call not finished within the {timeout:.0f} s cap"
+                )
                 log(f"    timeout ({timeout:.0f} s) in {running}; retrying without it")
             continue
         res = [x["result"] for x in _lines(out) if "result" in x]
@@ -82,7 +101,11 @@ def error_text(e, limit=300):
     what went wrong (equinox's runtime errors arrive wrapped in a callback
     traceback, their message on a later line)."""
     lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
-    keep = [x for x in lines if not x.startswith(("Traceback", "File ", "^", "~"))
-            and "CpuCallback error" not in x]
+    keep = [
+        x
+        for x in lines
+        if not x.startswith(("Traceback", "File ", "^", "~"))
+        and "CpuCallback error" not in x
+    ]
     pick = next((x for x in keep if "`" in x or "Error" in x), keep[0] if keep else "")
     return f"{type(e).__name__}: {pick}"[:limit]

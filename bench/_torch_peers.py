@@ -48,7 +48,9 @@ def build(name, pr):
 
         def f(t, y):
             a, b, c, d = params[0]
-            return torch.stack([a * y[0] - b * y[0] * y[1], -c * y[1] + d * y[0] * y[1]])
+            return torch.stack(
+                [a * y[0] - b * y[0] * y[1], -c * y[1] + d * y[0] * y[1]]
+            )
 
         def loss(ys):
             return (ys**2).sum()
@@ -59,8 +61,9 @@ def build(name, pr):
             params = [T(pr.params).requires_grad_()]
         else:
             m = pr.params.mlp.layers
-            params = [T(pr.params.P)] + [T(x) for layer in m
-                                          for x in (layer.weight, layer.bias)]
+            params = [T(pr.params.P)] + [
+                T(x) for layer in m for x in (layer.weight, layer.bias)
+            ]
             params = [x.requires_grad_() for x in params]
 
         def f(t, y):
@@ -76,16 +79,20 @@ def build(name, pr):
 
     elif name.startswith("seed002_controls"):
         layers = pr.params.mlp.layers
-        params = [T(x).requires_grad_() for layer in layers
-                  for x in (layer.weight, layer.bias)]
+        params = [
+            T(x).requires_grad_()
+            for layer in layers
+            for x in (layer.weight, layer.bias)
+        ]
         uts, uvals = T(pr.args.ts[0]), T(pr.args.values)  # (nc, NT)
         nc = uvals.shape[0]
         y0 = torch.zeros(nc, y0.shape[0], dtype=dt)
         act = torch.nn.functional.selu
 
         def f(t, y):
-            i = torch.clamp(torch.searchsorted(uts, t.reshape(1)) - 1, 0,
-                            len(uts) - 2)[0]
+            i = torch.clamp(torch.searchsorted(uts, t.reshape(1)) - 1, 0, len(uts) - 2)[
+                0
+            ]
             w = (t - uts[i]) / (uts[i + 1] - uts[i])
             u = uvals[:, i] * (1 - w) + uvals[:, i + 1] * w
             h = torch.cat([y, u[:, None]], dim=1)
@@ -135,10 +142,12 @@ def build(name, pr):
             ys = odeint(field, y0, ts, **opts, **kw)
             loss(ys).backward()
             return np.concatenate([p.grad.detach().numpy().ravel() for p in params])
+
         return grad
 
     return {
         "torchdiffeq odeint": make(torchdiffeq.odeint),
-        "torchdiffeq odeint_adjoint": make(torchdiffeq.odeint_adjoint,
-                                           adjoint_params=tuple(params)),
+        "torchdiffeq odeint_adjoint": make(
+            torchdiffeq.odeint_adjoint, adjoint_params=tuple(params)
+        ),
     }, torch.__version__

@@ -60,24 +60,53 @@ IMPLICIT_AUGMENTED_MAX = 500  # n + p above which AUGMENTED adjoints skip on Kva
 # a large state and few parameters and with a small state and many parameters.
 GRID = {
     "explicit": [
-        ("mlp", 1, 1), ("mlp", 2, 2), ("mlp", 4, 4), ("mlp", 8, 4), ("mlp", 8, 8),
-        ("mlp", 16, 8), ("mlp", 16, 16), ("mlp", 32, 16), ("mlp", 32, 32),
-        ("mlp", 64, 32), ("mlp", 64, 64),
-        ("mlp", 2, 32), ("mlp", 2, 256), ("mlp", 2, 2048),
-        ("mlp", 256, 1), ("mlp", 1024, 1), ("mlp", 4096, 1),
-        ("few", 16, 0), ("few", 256, 0), ("few", 4096, 0),
+        ("mlp", 1, 1),
+        ("mlp", 2, 2),
+        ("mlp", 4, 4),
+        ("mlp", 8, 4),
+        ("mlp", 8, 8),
+        ("mlp", 16, 8),
+        ("mlp", 16, 16),
+        ("mlp", 32, 16),
+        ("mlp", 32, 32),
+        ("mlp", 64, 32),
+        ("mlp", 64, 64),
+        ("mlp", 2, 32),
+        ("mlp", 2, 256),
+        ("mlp", 2, 2048),
+        ("mlp", 256, 1),
+        ("mlp", 1024, 1),
+        ("mlp", 4096, 1),
+        ("few", 16, 0),
+        ("few", 256, 0),
+        ("few", 4096, 0),
     ],
     "stiff": [
-        ("stiff", 1, 1), ("stiff", 2, 2), ("stiff", 4, 4), ("stiff", 8, 4),
-        ("stiff", 8, 8), ("stiff", 16, 8), ("stiff", 16, 16), ("stiff", 32, 16),
-        ("stiff", 32, 32), ("stiff", 64, 32), ("stiff", 64, 64),
-        ("stiff", 2, 256), ("stiff", 2, 2048), ("stiff", 256, 1),
+        ("stiff", 1, 1),
+        ("stiff", 2, 2),
+        ("stiff", 4, 4),
+        ("stiff", 8, 4),
+        ("stiff", 8, 8),
+        ("stiff", 16, 8),
+        ("stiff", 16, 16),
+        ("stiff", 32, 16),
+        ("stiff", 32, 32),
+        ("stiff", 64, 32),
+        ("stiff", 64, 64),
+        ("stiff", 2, 256),
+        ("stiff", 2, 2048),
+        ("stiff", 256, 1),
     ],
 }
 GRID["explicit_t10"] = [("mlp_t10", n, n) for n in (1, 2, 4, 8, 16, 32, 64)]
 QUICK = {
-    "explicit": [("mlp", 1, 1), ("mlp", 4, 4), ("mlp", 16, 8), ("mlp", 32, 32),
-                 ("mlp", 64, 64)],
+    "explicit": [
+        ("mlp", 1, 1),
+        ("mlp", 4, 4),
+        ("mlp", 16, 8),
+        ("mlp", 32, 32),
+        ("mlp", 64, 64),
+    ],
     "stiff": [("stiff", 1, 1), ("stiff", 4, 4), ("stiff", 16, 8), ("stiff", 32, 32)],
 }
 
@@ -118,8 +147,9 @@ def child(family, n, h, rounds, exclude):
 
     def grad_of(method):
         def loss(params):
-            sol = jaxsens.solve(pr.field, pr.y0, pr.ts, params, solver=solver,
-                                sensitivity=method)
+            sol = jaxsens.solve(
+                pr.field, pr.y0, pr.ts, params, solver=solver, sensitivity=method
+            )
             return pr.loss(sol.ys)
 
         return jax.jit(jax.grad(loss))
@@ -128,9 +158,13 @@ def child(family, n, h, rounds, exclude):
         print(json.dumps(kw), flush=True)
 
     # Forward steps of the primal solve (for the record).
-    sol = jax.jit(lambda a: jaxsens.solve(pr.field, pr.y0, pr.ts, a, solver=solver,
-                                          sensitivity=jaxsens.Discrete()).stats)(
-        pr.params)
+    sol = jax.jit(
+        lambda a: (
+            jaxsens.solve(
+                pr.field, pr.y0, pr.ts, a, solver=solver, sensitivity=jaxsens.Discrete()
+            ).stats
+        )
+    )(pr.params)
     steps = int(sol["num_steps"])
     rows, fns, grads = {}, {}, {}
     for name in METHODS:
@@ -140,16 +174,26 @@ def child(family, n, h, rounds, exclude):
         if name == "Forward" and "Discrete" in fns:
             est = FORWARD_PER_INPUT * (n + pr.p) * rows["Discrete"]["probe"]
             if est > PER_METHOD_BUDGET_S:
-                rows[name] = {"skipped": f"predicted ≈ {est:.0f} s per gradient "
-                              f"(≈ {FORWARD_PER_INPUT}·(n+p) × Discrete)"}
+                rows[name] = {
+                    "skipped": f"predicted ≈ {est:.0f} s per gradient "
+                    f"(≈ {FORWARD_PER_INPUT}·(n+p) × Discrete)"
+                }
                 continue
         if pr.stiff and name in AUGMENTED and n + pr.p > IMPLICIT_AUGMENTED_MAX:
-            rows[name] = {"skipped": f"n + p = {n + pr.p} > {IMPLICIT_AUGMENTED_MAX}: "
-                          "Kvaerno5 on the augmented backward state (dense Jacobian)"}
+            rows[name] = {
+                "skipped": f"n + p = {n + pr.p} > {IMPLICIT_AUGMENTED_MAX}: "
+                "Kvaerno5 on the augmented backward state (dense Jacobian)"
+            }
             continue
-        if pr.stiff and name == "QuadratureAdjoint" and n + pr.p > IMPLICIT_AUGMENTED_MAX:
-            rows[name] = {"skipped": f"n + p = {n + pr.p} > {IMPLICIT_AUGMENTED_MAX}: "
-                          "first call did not finish within 240 s at n + p = 544"}
+        if (
+            pr.stiff
+            and name == "QuadratureAdjoint"
+            and n + pr.p > IMPLICIT_AUGMENTED_MAX
+        ):
+            rows[name] = {
+                "skipped": f"n + p = {n + pr.p} > {IMPLICIT_AUGMENTED_MAX}: "
+                "first call did not finish within 240 s at n + p = 544"
+            }
             continue
         say(start=name)
         f = grad_of(_method(name))
@@ -187,10 +231,21 @@ def child(family, n, h, rounds, exclude):
         r["n_warm"] = len(r["times"])
         if ref is not None:
             r["rel_diff_vs_discrete"] = float(
-                np.linalg.norm(grads[name] - ref) / max(np.linalg.norm(ref), 1e-300))
+                np.linalg.norm(grads[name] - ref) / max(np.linalg.norm(ref), 1e-300)
+            )
         del r["times"], r["probe"]
-    say(result={"family": family, "n": n, "h": h, "p": pr.p, "n_plus_p": n + pr.p,
-                "solver": type(solver).__name__, "forward_steps": steps, "rows": rows})
+    say(
+        result={
+            "family": family,
+            "n": n,
+            "h": h,
+            "p": pr.p,
+            "n_plus_p": n + pr.p,
+            "solver": type(solver).__name__,
+            "forward_steps": steps,
+            "rows": rows,
+        }
+    )
     del jnp
 
 
@@ -200,12 +255,29 @@ def child(family, n, h, rounds, exclude):
 def run_point(family, n, h, rounds, timeout, log):
     exclude = {}
     for _attempt in range(4):
-        cmd = [sys.executable, "-m", "bench.crossover", "--child", family, str(n),
-               str(h), "--repeats", str(rounds), "--exclude", json.dumps(exclude)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.crossover",
+            "--child",
+            family,
+            str(n),
+            str(h),
+            "--repeats",
+            str(rounds),
+            "--exclude",
+            json.dumps(exclude),
+        ]
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env, cwd=os.path.dirname(HERE))
+        p = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=os.path.dirname(HERE),
+        )
         try:
             out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -222,7 +294,7 @@ def run_point(family, n, h, rounds, timeout, log):
                     running = "timing"
             if running in (None, "timing"):
                 rounds = 1
-                log(f"    timeout while timing; retrying with 1 round")
+                log("    timeout while timing; retrying with 1 round")
             else:
                 exclude[running] = f"first call not finished within {timeout} s"
                 log(f"    timeout in {running}; retrying without it")
@@ -244,20 +316,27 @@ def meta_info():
     import jax
 
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=HERE).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "jaxsens"],
-                               capture_output=True, text=True,
-                               cwd=os.path.dirname(HERE)).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "jaxsens"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(HERE),
+        ).stdout.strip()
         rev += " (+ uncommitted jaxsens/ changes)" if dirty else ""
     except OSError:
         rev = "?"
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with 3 other "
-                   f"engineers' jobs), Python {platform.python_version()}",
+        f"engineers' jobs), Python {platform.python_version()}",
         "versions": f"jax {jax.__version__}, diffrax {dfx.__version__}, "
-                    f"equinox {eqx.__version__}",
+        f"equinox {eqx.__version__}",
         "jaxsens": rev,
         "load": os.getloadavg()[0],
     }
@@ -277,13 +356,13 @@ def analyse(points):
     crossover estimates (largest n + p where Forward wins, smallest where it loses)."""
     out = {}
     for kind in ("explicit", "explicit_t10", "stiff"):
-        pts = sorted((p for p in points if p["kind"] == kind),
-                     key=lambda p: p["n_plus_p"])
+        pts = sorted(
+            (p for p in points if p["kind"] == kind), key=lambda p: p["n_plus_p"]
+        )
         if not pts:
             continue
         fwd_wins = [p["n_plus_p"] for p in pts if fastest(p) == "Forward"]
-        fwd_loses = [p["n_plus_p"] for p in pts
-                     if fastest(p) not in (None, "Forward")]
+        fwd_loses = [p["n_plus_p"] for p in pts if fastest(p) not in (None, "Forward")]
         out[kind] = {
             "largest_forward_win": max(fwd_wins) if fwd_wins else None,
             "smallest_forward_loss": min(fwd_loses) if fwd_loses else None,
@@ -313,8 +392,9 @@ def _runs(pts, key):
         else:
             cur = [k, p["n_plus_p"], p["n_plus_p"]]
             out.append(cur)
-    return "; ".join(f"n+p {a}" + (f"–{b}" if b != a else "") + f": {k}"
-                     for k, a, b in out)
+    return "; ".join(
+        f"n+p {a}" + (f"–{b}" if b != a else "") + f": {k}" for k, a, b in out
+    )
 
 
 def summary(an):
@@ -322,24 +402,40 @@ def summary(an):
     L = []
     for kind, a in an.items():
         pts = a["points"]
-        L.append(f"- **{kind} ({pts[0]['solver']})**: fastest method by n + p: "
-                 + _runs(pts, lambda p: fastest(p) or "none") + ".")
-        L.append(f"  Forward is fastest up to n + p = {a['largest_forward_win']}; "
-                 f"the smallest n + p where another method wins is "
-                 f"{a['smallest_forward_loss']}.")
-        fr = [(p["n_plus_p"], ratio(p, "Forward", fastest(p, ["Discrete"] + ADJOINTS)))
-              for p in pts]
+        L.append(
+            f"- **{kind} ({pts[0]['solver']})**: fastest method by n + p: "
+            + _runs(pts, lambda p: fastest(p) or "none")
+            + "."
+        )
+        L.append(
+            f"  Forward is fastest up to n + p = {a['largest_forward_win']}; "
+            f"the smallest n + p where another method wins is "
+            f"{a['smallest_forward_loss']}."
+        )
+        fr = [
+            (p["n_plus_p"], ratio(p, "Forward", fastest(p, ["Discrete"] + ADJOINTS)))
+            for p in pts
+        ]
         fr = [(x, r) for x, r in fr if r == r]
         if fr:
-            L.append("  Forward ÷ fastest reverse-mode method: "
-                     + ", ".join(f"{r:.2g}× at {x}" for x, r in fr) + ".")
+            L.append(
+                "  Forward ÷ fastest reverse-mode method: "
+                + ", ".join(f"{r:.2g}× at {x}" for x, r in fr)
+                + "."
+            )
         dr = [(p["n_plus_p"], ratio(p, "Discrete", fastest(p, ADJOINTS))) for p in pts]
         dr = [(x, r) for x, r in dr if r == r]
         if dr:
-            L.append("  Discrete ÷ fastest continuous adjoint: "
-                     + ", ".join(f"{r:.2g}× at {x}" for x, r in dr) + ".")
-        L.append("  Fastest continuous adjoint by n + p: "
-                 + _runs(pts, lambda p: fastest(p, ADJOINTS) or "none") + ".")
+            L.append(
+                "  Discrete ÷ fastest continuous adjoint: "
+                + ", ".join(f"{r:.2g}× at {x}" for x, r in dr)
+                + "."
+            )
+        L.append(
+            "  Fastest continuous adjoint by n + p: "
+            + _runs(pts, lambda p: fastest(p, ADJOINTS) or "none")
+            + "."
+        )
     return L
 
 
@@ -407,27 +503,31 @@ def markdown(data):
         line = f"`{mb['cmd']}` ({mb['date']}, jaxsens {mb['jaxsens']})"
         if line not in made:
             made.append(line)
-    L = [
-        "# Crossover study: Forward vs adjoints vs Discrete (issue 6)",
-        "",
-        "Made by " + "; ".join(made) + f". {meta['machine']}; {meta['versions']}.",
-        "",
-        "The machine was **shared** (2 cores, other engineers' test runs): times are "
-        "noisy; every method of a point was timed in the same process, round-robin, "
-        "so compare within a row. Warm = median of the round-robin calls (ms); the "
-        "grid is in `crossover.json` (with mins, first-call times and each gradient's "
-        "relative difference from Discrete's) for fitting a rule. Problems: "
-        "`bench/problems/crossover.py` (t ∈ [0, 1], 5 save times, float64, "
-        "rtol = atol = 1e-6; explicit = Tsit5 on `y' = A y + U tanh(V y + b)` or "
-        "the p = 4 `few` family; stiff = Kvaerno5, decay rates in [1, 10³]).",
-        "",
-        "## Summary (generated from the points measured so far)",
-        "",
-    ] + summary(an) + [
-        "",
-        READING,
-        "![crossover](crossover.png)",
-    ]
+    L = (
+        [
+            "# Crossover study: Forward vs adjoints vs Discrete (issue 6)",
+            "",
+            "Made by " + "; ".join(made) + f". {meta['machine']}; {meta['versions']}.",
+            "",
+            "The machine was **shared** (2 cores, other engineers' test runs): times are "
+            "noisy; every method of a point was timed in the same process, round-robin, "
+            "so compare within a row. Warm = median of the round-robin calls (ms); the "
+            "grid is in `crossover.json` (with mins, first-call times and each gradient's "
+            "relative difference from Discrete's) for fitting a rule. Problems: "
+            "`bench/problems/crossover.py` (t ∈ [0, 1], 5 save times, float64, "
+            "rtol = atol = 1e-6; explicit = Tsit5 on `y' = A y + U tanh(V y + b)` or "
+            "the p = 4 `few` family; stiff = Kvaerno5, decay rates in [1, 10³]).",
+            "",
+            "## Summary (generated from the points measured so far)",
+            "",
+        ]
+        + summary(an)
+        + [
+            "",
+            READING,
+            "![crossover](crossover.png)",
+        ]
+    )
     for kind, a in an.items():
         L += ["", f"## {kind} ({a['points'][0]['solver']})", ""]
         L.append(
@@ -438,10 +538,10 @@ def markdown(data):
         L += [
             "",
             "| family | n | p | n+p | steps | fastest | Forward/best-reverse | "
-            "Discrete/best-adjoint | "
-            + " | ".join(METHODS) + " |",
+            "Discrete/best-adjoint | " + " | ".join(METHODS) + " |",
             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | "
-            + " | ".join("---:" for _ in METHODS) + " |",
+            + " | ".join("---:" for _ in METHODS)
+            + " |",
         ]
         for p in a["points"]:
             rows = p["rows"]
@@ -463,12 +563,22 @@ def markdown(data):
                 f"| {ratio(p, 'Discrete', best_adj) if best_adj else float('nan'):.2f} "
                 f"| " + " | ".join(cells) + " |"
             )
-        notes = sorted({f"{m}: {r['skipped']}" for p in a["points"]
-                        for m, r in p["rows"].items() if "skipped" in r
-                        and "predicted" not in r["skipped"]})
-        errs = sorted({f"{m} (n={p['n']}, p={p['p']}): {r['error']}"
-                       for p in a["points"] for m, r in p["rows"].items()
-                       if "error" in r})
+        notes = sorted(
+            {
+                f"{m}: {r['skipped']}"
+                for p in a["points"]
+                for m, r in p["rows"].items()
+                if "skipped" in r and "predicted" not in r["skipped"]
+            }
+        )
+        errs = sorted(
+            {
+                f"{m} (n={p['n']}, p={p['p']}): {r['error']}"
+                for p in a["points"]
+                for m, r in p["rows"].items()
+                if "error" in r
+            }
+        )
         if notes or errs:
             L += ["", "Skips and failures: " + "; ".join(notes + errs) + "."]
     return "\n".join(L) + "\n"
@@ -481,7 +591,9 @@ def plot(data):
     import matplotlib.pyplot as plt
 
     an = analyse(data["points"])
-    kinds = [k for k in ("explicit", "explicit_t10", "stiff") if k in an] or ["explicit"]
+    kinds = [k for k in ("explicit", "explicit_t10", "stiff") if k in an] or [
+        "explicit"
+    ]
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 5), sharey=True)
     axes = list(getattr(axes, "flat", [axes]))
     for ax, kind in zip(axes, kinds, strict=True):
@@ -492,27 +604,49 @@ def plot(data):
         few = [p for p in an[kind]["points"] if p["family"] == "few"]
         for i, m in enumerate(METHODS):
             xs = [p["n_plus_p"] for p in pts if "warm" in p["rows"].get(m, {})]
-            ys = [p["rows"][m]["warm"] * 1e3 for p in pts if "warm" in p["rows"].get(m, {})]
+            ys = [
+                p["rows"][m]["warm"] * 1e3
+                for p in pts
+                if "warm" in p["rows"].get(m, {})
+            ]
             style = dict(color=f"C{i}", lw=2.2 if m in ("Discrete", "Forward") else 1.2)
             if xs:
                 ax.plot(xs, ys, "o", label=m, ms=4, **style)
             xs = [p["n_plus_p"] for p in few if "warm" in p["rows"].get(m, {})]
-            ys = [p["rows"][m]["warm"] * 1e3 for p in few if "warm" in p["rows"].get(m, {})]
+            ys = [
+                p["rows"][m]["warm"] * 1e3
+                for p in few
+                if "warm" in p["rows"].get(m, {})
+            ]
             if xs:
                 ax.plot(xs, ys, "x", color=f"C{i}", ms=7)
         # lines through the diagonal n ≈ h points only (a 1-D family)
-        diag = sorted([p for p in pts if p["n"] == p["h"] or p["h"] == p["n"] // 2],
-                      key=lambda p: p["n_plus_p"])
+        diag = sorted(
+            [p for p in pts if p["n"] == p["h"] or p["h"] == p["n"] // 2],
+            key=lambda p: p["n_plus_p"],
+        )
         for i, m in enumerate(METHODS):
             xs = [p["n_plus_p"] for p in diag if "warm" in p["rows"].get(m, {})]
-            ys = [p["rows"][m]["warm"] * 1e3 for p in diag if "warm" in p["rows"].get(m, {})]
-            ax.plot(xs, ys, "-", color=f"C{i}",
-                    lw=2.2 if m in ("Discrete", "Forward") else 1.0, alpha=0.8)
+            ys = [
+                p["rows"][m]["warm"] * 1e3
+                for p in diag
+                if "warm" in p["rows"].get(m, {})
+            ]
+            ax.plot(
+                xs,
+                ys,
+                "-",
+                color=f"C{i}",
+                lw=2.2 if m in ("Discrete", "Forward") else 1.0,
+                alpha=0.8,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("n + p (state size + parameter count)")
-        ax.set_title(f"{kind} ({an[kind]['points'][0]['solver']}); lines: n ≈ h, "
-                     "dots: other shapes, x: p = 4")
+        ax.set_title(
+            f"{kind} ({an[kind]['points'][0]['solver']}); lines: n ≈ h, "
+            "dots: other shapes, x: p = 4"
+        )
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("warm gradient time (ms, median)")
     axes[0].legend(fontsize=8)
@@ -530,8 +664,9 @@ def write(data):
     plot(data)
 
 
-def run(*, quick=False, solver="both", repeats=None, timeout=None, log=print,
-        merge=True):
+def run(
+    *, quick=False, solver="both", repeats=None, timeout=None, log=print, merge=True
+):
     """The sweep; returns the data written to `crossover.json`."""
     rounds = repeats or (7 if quick else 15)
     timeout = timeout or (120 if quick else 240)
@@ -539,17 +674,23 @@ def run(*, quick=False, solver="both", repeats=None, timeout=None, log=print,
     kinds = ["explicit", "stiff"] if solver == "both" else [solver]
     if solver == "both" and not quick:
         kinds.append("explicit_t10")
-    cmd = "python -m bench.crossover" + (" --quick" if quick else "") + (
-        f" --solver {solver}" if solver != "both" else "") + (
-        f" --repeats {repeats}" if repeats else "")
+    cmd = (
+        "python -m bench.crossover"
+        + (" --quick" if quick else "")
+        + (f" --solver {solver}" if solver != "both" else "")
+        + (f" --repeats {repeats}" if repeats else "")
+    )
     data = {"meta": dict(meta_info(), cmd=cmd), "points": []}
     if merge and os.path.exists(JSON_PATH):
         # Keep the previous run's points that this run does not redo.
         with open(JSON_PATH) as fh:
             old = json.load(fh)
         redo = {(k, f, n, h) for k in kinds for f, n, h in grid[k]}
-        data["points"] = [p for p in old["points"]
-                          if (p["kind"], p["family"], p["n"], p["h"]) not in redo]
+        data["points"] = [
+            p
+            for p in old["points"]
+            if (p["kind"], p["family"], p["n"], p["h"]) not in redo
+        ]
     # Explicit and stiff points alternate, so a partial run covers both.
     order = []
     for i in range(max(len(grid[k]) for k in kinds)):
@@ -564,8 +705,12 @@ def run(*, quick=False, solver="both", repeats=None, timeout=None, log=print,
             res["made_by"] = {k: data["meta"][k] for k in ("cmd", "date", "jaxsens")}
             data["points"].append(res)
             best = fastest(res)
-            log(f"    n+p={res['n_plus_p']} steps={res['forward_steps']} fastest={best} "
-                + ", ".join(f"{m}={fmt_ms(r.get('warm'))}" for m, r in res["rows"].items()))
+            log(
+                f"    n+p={res['n_plus_p']} steps={res['forward_steps']} fastest={best} "
+                + ", ".join(
+                    f"{m}={fmt_ms(r.get('warm'))}" for m, r in res["rows"].items()
+                )
+            )
             write(data)
     write(data)
     return data
@@ -574,8 +719,11 @@ def run(*, quick=False, solver="both", repeats=None, timeout=None, log=print,
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--solver", choices=["both", "explicit", "stiff", "explicit_t10"],
-                    default="both")
+    ap.add_argument(
+        "--solver",
+        choices=["both", "explicit", "stiff", "explicit_t10"],
+        default="both",
+    )
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--child", nargs=3)
@@ -585,8 +733,13 @@ def main():
         f, n, h = a.child
         return child(f, int(n), int(h), a.repeats or 15, json.loads(a.exclude))
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    run(quick=a.quick, solver=a.solver, repeats=a.repeats, timeout=a.timeout,
-        log=lambda s: print(s, flush=True))
+    run(
+        quick=a.quick,
+        solver=a.solver,
+        repeats=a.repeats,
+        timeout=a.timeout,
+        log=lambda s: print(s, flush=True),
+    )
 
 
 if __name__ == "__main__":

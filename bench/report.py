@@ -14,13 +14,21 @@ SUITE_JSON = os.path.join(RESULTS_DIR, "suite.json")
 CROSSOVER_JSON = os.path.join(RESULTS_DIR, "crossover.json")
 
 TOPIC_FILES = [
-    ("core.md", "core methods vs diffrax on LV and seed 002 (1 control), memory on "
-     "a long solve (issue 2)"),
+    (
+        "core.md",
+        "core methods vs diffrax on LV and seed 002 (1 control), memory on "
+        "a long solve (issue 2)",
+    ),
     ("core_profile.md", "where the adjoints' time goes (profile)"),
-    ("linear.md", "seed 000, its stiff variant, the UDE and the 2-D heat equation: "
-     "`LinearExpm`/`KrylovExpm` (issue 3)"),
-    ("controls.md", "seed 002 with 1–1000 controls, vmap vs shared step, torchdiffeq "
-     "(issue 4)"),
+    (
+        "linear.md",
+        "seed 000, its stiff variant, the UDE and the 2-D heat equation: "
+        "`LinearExpm`/`KrylovExpm` (issue 3)",
+    ),
+    (
+        "controls.md",
+        "seed 002 with 1–1000 controls, vmap vs shared step, torchdiffeq (issue 4)",
+    ),
     ("steady.md", "steady-state adjoint (issue 5)"),
     ("collocation.md", "collocation / two-stage fitting (issue 5)"),
     ("crossover.md", "the crossover study (issue 6)"),
@@ -97,7 +105,9 @@ def headline(problems):
     checks = []
     for name, res in problems.items():
         if "rows" not in res:
-            L.append(f"| {name} | | | | failed: {res.get('error', '?')[:120]} | | | | | | |")
+            L.append(
+                f"| {name} | | | | failed: {res.get('error', '?')[:120]} | | | | | | |"
+            )
             continue
         rows = res["rows"]
         ours = [m for m in OURS if m != "Auto()" and "warm" in rows.get(m, {})]
@@ -113,7 +123,8 @@ def headline(problems):
             f"| {name} | {res['n']} | {res['p']} | {res['solver']} "
             f"| {best} ({ms(rows[best]['warm']) if best else '—'}) "
             f"| {bmin} ({ms(rows[bmin]['min']) if bmin else '—'}) | {pick} "
-            f"| {ms(aw)} | **{st}**" + (f" (×{cr:.2f})" if cr else "")
+            f"| {ms(aw)} | **{st}**"
+            + (f" (×{cr:.2f})" if cr else "")
             + f" | {bp} ({ms(rows[bp]['warm']) if bp else '—'}) "
             f"| {rows[best]['warm'] / rows[bp]['warm'] if best and bp else float('nan'):.2f} |"
         )
@@ -163,8 +174,9 @@ def problem_table(name, res):
             f"| {label} | {ms(r['warm'])} | {ms(r['min'])} "
             f"| {r['warm'] / rca if rca else float('nan'):.2f} "
             f"| {secs(r.get('compile'))} | {ms(r.get('first'))} "
-            f"| {r['temp_mb']:.1f} | " if "temp_mb" in r else
-            f"| {label} | {ms(r['warm'])} | {ms(r['min'])} "
+            f"| {r['temp_mb']:.1f} | "
+            if "temp_mb" in r
+            else f"| {label} | {ms(r['warm'])} | {ms(r['min'])} "
             f"| {r['warm'] / rca if rca else float('nan'):.2f} "
             f"| {secs(r.get('compile'))} | {ms(r.get('first'))} | — | "
         )
@@ -175,7 +187,6 @@ def problem_table(name, res):
 def crossover_section(xo):
     from bench.crossover import READING, analyse, fastest, markdown, ratio
 
-    meta = xo["meta"]
     an = analyse(xo["points"])
     L = [
         "## Crossover: Forward vs adjoints vs Discrete",
@@ -191,9 +202,13 @@ def crossover_section(xo):
         "| best adjoint |",
         "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | --- |",
     ]
-    adj = ["BacksolveAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint",
-           "GaussAdjoint"]
-    for kind, a in an.items():
+    adj = [
+        "BacksolveAdjoint",
+        "InterpolatingAdjoint",
+        "QuadratureAdjoint",
+        "GaussAdjoint",
+    ]
+    for a in an.values():
         for p in a["points"]:
             rows = p["rows"]
             br = fastest(p, ["Discrete"] + adj)
@@ -229,16 +244,19 @@ def plot(problems, png):
         rows = res["rows"]
         names = [m for m in rows if "warm" in rows[m]]
         vals = [rows[m]["warm"] * 1e3 for m in names]
-        colors = ["tab:orange" if m == "Auto()" else
-                  ("tab:blue" if m in OURS else "tab:gray") for m in names]
+        colors = [
+            "tab:orange" if m == "Auto()" else ("tab:blue" if m in OURS else "tab:gray")
+            for m in names
+        ]
         ax.barh(names, vals, color=colors)
         ax.set_xscale("log")
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=7)
-        ax.set_title(f"{name} (n={res['n']}, p={res['p']}, {res['solver']})",
-                     fontsize=9)
+        ax.set_title(
+            f"{name} (n={res['n']}, p={res['p']}, {res['solver']})", fontsize=9
+        )
         ax.set_xlabel("warm gradient (ms, median, log)", fontsize=8)
-    for ax in axes[len(items):]:
+    for ax in axes[len(items) :]:
         ax.axis("off")
     fig.suptitle("jaxsens (blue), Auto (orange), peers (gray); shared 2-core CPU")
     fig.tight_layout()
@@ -289,17 +307,22 @@ def write(suite_json=SUITE_JSON, out=None, png=None):
     ]
     head, checks = headline(problems)
     L += head
-    L += ["", "## Auto check", "",
-          "`Auto().decide(field, y0, ts, args, solver=...)` per problem (for the "
-          "vmapped controls: one member's). `Auto()` decides at trace time, so its "
-          "gradient IS the picked method's computation; two timings of one "
-          "computation differ by up to ~1.7× on this loaded machine. The verdict "
-          "uses the choice ratio = min(Auto's median, the picked method's "
-          "median) ÷ the fastest jaxsens method's median (PASS ≤ 1.5); Auto's "
-          "own ratio is shown too.", "",
-          "| problem | Auto's rule | Auto's pick | Auto warm | fastest jaxsens | "
-          "its warm | Auto ÷ fastest | choice ÷ fastest | result |",
-          "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
+    L += [
+        "",
+        "## Auto check",
+        "",
+        "`Auto().decide(field, y0, ts, args, solver=...)` per problem (for the "
+        "vmapped controls: one member's). `Auto()` decides at trace time, so its "
+        "gradient IS the picked method's computation; two timings of one "
+        "computation differ by up to ~1.7× on this loaded machine. The verdict "
+        "uses the choice ratio = min(Auto's median, the picked method's "
+        "median) ÷ the fastest jaxsens method's median (PASS ≤ 1.5); Auto's "
+        "own ratio is shown too.",
+        "",
+        "| problem | Auto's rule | Auto's pick | Auto warm | fastest jaxsens | "
+        "its warm | Auto ÷ fastest | choice ÷ fastest | result |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- |",
+    ]
     for name, res, st, aw, best, bw, ratio, cr in checks:
         auto = res.get("auto", {})
         L.append(
@@ -313,9 +336,13 @@ def write(suite_json=SUITE_JSON, out=None, png=None):
     if xo:
         L += [""] + crossover_section(xo)
     L += [FINDINGS]
-    L += ["## Failures and inaccurate gradients", "",
-          "Generated from the per-problem tables: every method that raised, and "
-          "every gradient more than 10 % off its problem's reference.", ""]
+    L += [
+        "## Failures and inaccurate gradients",
+        "",
+        "Generated from the per-problem tables: every method that raised, and "
+        "every gradient more than 10 % off its problem's reference.",
+        "",
+    ]
     for name, res in problems.items():
         for m, r in res.get("rows", {}).items():
             if "error" in r:
@@ -323,15 +350,20 @@ def write(suite_json=SUITE_JSON, out=None, png=None):
             elif r.get("rel_err", 0) > 0.1:
                 L.append(f"- {name}, {m}: relative error {r['rel_err']:.2g}")
     L += [""]
-    L += ["## Per-problem tables", "",
-          "Compile = `jax.jit(grad).lower(...).compile()` in the problem's fresh "
-          "subprocess (methods compiled one after another: later ones may reuse "
-          "Python-side trace caches); first run = the first call of the compiled "
-          "gradient; XLA temp = `memory_analysis().temp_size_in_bytes` of the "
-          "compiled gradient (what it allocates, including buffers preallocated "
-          "from `max_steps`). Skipped rows say why (hopeless, inapplicable or not "
-          "ported); failed rows quote the error.", "",
-          "![suite](results/suite.png)", ""]
+    L += [
+        "## Per-problem tables",
+        "",
+        "Compile = `jax.jit(grad).lower(...).compile()` in the problem's fresh "
+        "subprocess (methods compiled one after another: later ones may reuse "
+        "Python-side trace caches); first run = the first call of the compiled "
+        "gradient; XLA temp = `memory_analysis().temp_size_in_bytes` of the "
+        "compiled gradient (what it allocates, including buffers preallocated "
+        "from `max_steps`). Skipped rows say why (hopeless, inapplicable or not "
+        "ported); failed rows quote the error.",
+        "",
+        "![suite](results/suite.png)",
+        "",
+    ]
     for name, res in problems.items():
         L += problem_table(name, res)
     L += ["## Per-topic results (earlier issues)", ""]
@@ -339,9 +371,12 @@ def write(suite_json=SUITE_JSON, out=None, png=None):
         if os.path.exists(os.path.join(RESULTS_DIR, f)):
             L.append(f"- [results/{f}](results/{f}): {what}")
     if out != os.path.join(HERE, "RESULTS.md"):  # results/quick.md: fix relative links
-        L = [x.replace("](results/", "](").replace("(results/suite.png)",
-                                                   f"({os.path.basename(png)})")
-             for x in L]
+        L = [
+            x.replace("](results/", "](").replace(
+                "(results/suite.png)", f"({os.path.basename(png)})"
+            )
+            for x in L
+        ]
     with open(out, "w") as fh:
         fh.write("\n".join(L) + "\n")
     plot(problems, png)

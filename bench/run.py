@@ -60,16 +60,35 @@ FORWARD_CAP_S = 20.0  # predicted Forward time above which it is skipped (quick:
 AUTO_TOLERANCE = 1.5
 
 OURS = [
-    "Discrete", "Forward", "BacksolveAdjoint", "InterpolatingAdjoint",
-    "InterpolatingAdjoint(checkpoints=K)", "QuadratureAdjoint", "GaussAdjoint",
-    "LinearExpm", "KrylovExpm", "Auto()",
+    "Discrete",
+    "Forward",
+    "BacksolveAdjoint",
+    "InterpolatingAdjoint",
+    "InterpolatingAdjoint(checkpoints=K)",
+    "QuadratureAdjoint",
+    "GaussAdjoint",
+    "LinearExpm",
+    "KrylovExpm",
+    "Auto()",
 ]
-PEERS = ["diffrax RCA", "diffrax BacksolveAdjoint", "jax odeint",
-         "torchdiffeq odeint", "torchdiffeq odeint_adjoint"]
+PEERS = [
+    "diffrax RCA",
+    "diffrax BacksolveAdjoint",
+    "jax odeint",
+    "torchdiffeq odeint",
+    "torchdiffeq odeint_adjoint",
+]
 # --quick: the methods that are fastest somewhere (bench/results/*.md), Auto, and
 # diffrax's default; small sizes (heat 30×30, long solve 10^3 steps).
-QUICK_METHODS = {"Discrete", "Forward", "GaussAdjoint", "LinearExpm", "KrylovExpm",
-                 "Auto()", "diffrax RCA"}
+QUICK_METHODS = {
+    "Discrete",
+    "Forward",
+    "GaussAdjoint",
+    "LinearExpm",
+    "KrylovExpm",
+    "Auto()",
+    "diffrax RCA",
+}
 
 
 # --- child: one problem ---------------------------------------------------------
@@ -115,14 +134,25 @@ def _child(name, quick, rounds, exclude):
         o = dict(rtol=prob.rtol, atol=prob.atol, max_steps=prob.max_steps)
         o.update(over)
         if method in PEERS[:2]:
-            adjoint = (dfx.RecursiveCheckpointAdjoint() if method == "diffrax RCA"
-                       else dfx.BacksolveAdjoint())
+            adjoint = (
+                dfx.RecursiveCheckpointAdjoint()
+                if method == "diffrax RCA"
+                else dfx.BacksolveAdjoint()
+            )
             t0 = prob.ts[0] if prob.t0 is None else prob.t0
             return dfx.diffeqsolve(
-                dfx.ODETerm(field), prob.solver, t0, prob.ts[-1], None, prob.y0,
-                args=args, saveat=dfx.SaveAt(ts=prob.ts),
+                dfx.ODETerm(field),
+                prob.solver,
+                t0,
+                prob.ts[-1],
+                None,
+                prob.y0,
+                args=args,
+                saveat=dfx.SaveAt(ts=prob.ts),
                 stepsize_controller=dfx.PIDController(rtol=o["rtol"], atol=o["atol"]),
-                max_steps=o["max_steps"], adjoint=adjoint).ys
+                max_steps=o["max_steps"],
+                adjoint=adjoint,
+            ).ys
         if method == "jax odeint":
             dyn, static = eqx.partition((field, args), eqx.is_array)
             ts = prob.ts
@@ -134,13 +164,31 @@ def _child(name, quick, rounds, exclude):
                 fld, a = eqx.combine(d, static)
                 return fld(t, y, a)
 
-            ys = odeint(f, prob.y0, ts, dyn, rtol=o["rtol"], atol=o["atol"],
-                        mxstep=o["max_steps"])
+            ys = odeint(
+                f,
+                prob.y0,
+                ts,
+                dyn,
+                rtol=o["rtol"],
+                atol=o["atol"],
+                mxstep=o["max_steps"],
+            )
             return ys[1:] if prepend else ys
-        sens = method if isinstance(method, jaxsens.AbstractSensitivity) else \
-            sensitivity(method, prob)
-        return jaxsens.solve(field, prob.y0, prob.ts, args, t0=prob.t0,
-                             solver=prob.solver, sensitivity=sens, **o).ys
+        sens = (
+            method
+            if isinstance(method, jaxsens.AbstractSensitivity)
+            else sensitivity(method, prob)
+        )
+        return jaxsens.solve(
+            field,
+            prob.y0,
+            prob.ts,
+            args,
+            t0=prob.t0,
+            solver=prob.solver,
+            sensitivity=sens,
+            **o,
+        ).ys
 
     def loss_fn(prob, method, **over):
         def loss(params):
@@ -150,20 +198,27 @@ def _child(name, quick, rounds, exclude):
             else:
                 ys = solve_ys(prob, field, args, method, **over)
             return prob.loss(ys)
+
         return loss
 
     def compiled_grad(prob, method, **over):
         dyn, static = eqx.partition(prob.params, eqx.is_array)
-        g = jax.jit(lambda d: eqx.filter(
-            eqx.filter_grad(lambda p: loss_fn(prob, method, **over)(p))(
-                eqx.combine(d, static)), eqx.is_inexact_array))
+        g = jax.jit(
+            lambda d: eqx.filter(
+                eqx.filter_grad(lambda p: loss_fn(prob, method, **over)(p))(
+                    eqx.combine(d, static)
+                ),
+                eqx.is_inexact_array,
+            )
+        )
         t = time.perf_counter()
         c = g.lower(dyn).compile()
         return c, dyn, time.perf_counter() - t
 
     def flat(g):
-        return np.asarray(ravel_pytree(eqx.filter(g, eqx.is_inexact_array))[0],
-                          np.float64)
+        return np.asarray(
+            ravel_pytree(eqx.filter(g, eqx.is_inexact_array))[0], np.float64
+        )
 
     # Auto's decision.
     field, _ = pr.split(pr.params)
@@ -171,19 +226,29 @@ def _child(name, quick, rounds, exclude):
     try:
         if hasattr(auto, "decide"):
             d = auto.decide(field, pr.y0, pr.ts, pr.member_args(), solver=pr.solver)
-            decision = {"method": type(d.method).__name__, "repr": repr(d.method),
-                        "rule": str(getattr(d, "rule", "")),
-                        "reasons": [str(r) for r in getattr(d, "reasons", ())]}
+            decision = {
+                "method": type(d.method).__name__,
+                "repr": repr(d.method),
+                "rule": str(getattr(d, "rule", "")),
+                "reasons": [str(r) for r in getattr(d, "reasons", ())],
+            }
         else:
             m = auto.choose(field, pr.y0, pr.ts, pr.member_args())
-            decision = {"method": type(m).__name__, "repr": repr(m), "rule": "",
-                        "reasons": []}
+            decision = {
+                "method": type(m).__name__,
+                "repr": repr(m),
+                "rule": "",
+                "reasons": [],
+            }
     except Exception as e:  # noqa: BLE001
         decision = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     say(auto=decision)
 
-    methods = [m for m in OURS + PEERS
-               if not (m in ("LinearExpm", "KrylovExpm") and not pr.linear)]
+    methods = [
+        m
+        for m in OURS + PEERS
+        if not (m in ("LinearExpm", "KrylovExpm") and not pr.linear)
+    ]
     if quick:
         methods = [m for m in methods if m in QUICK_METHODS]
     torch_fns, torch_version = {}, None
@@ -202,17 +267,22 @@ def _child(name, quick, rounds, exclude):
             rows[m] = {"skipped": pr.skip[m]}
             continue
         if m.startswith("torch") and m not in torch_fns:
-            rows[m] = {"skipped": torch_fns.get("_why", "not ported to torch") if
-                       torch_version or "_why" in torch_fns else "torch not installed"}
+            rows[m] = {
+                "skipped": torch_fns.get("_why", "not ported to torch")
+                if torch_version or "_why" in torch_fns
+                else "torch not installed"
+            }
             continue
         if m == "Forward" and "warm0" in rows.get("Discrete", {}):
             # Forward ÷ Discrete per differentiated input: ~0.1 for p ≲ 300, up
             # to ~0.4–0.6 at p ≈ 10^4 (crossover.json; seed 000: 52 s).
             est = (0.1 if pr.p < 300 else 0.4) * pr.p * rows["Discrete"]["warm0"]
             if est > fwd_cap:
-                rows[m] = {"skipped": f"hopeless: predicted ≈ {est:.0f} s per gradient "
-                           f"(≈ 0.1–0.4 · p × Discrete, p = {pr.p}); cap "
-                           f"{fwd_cap:.0f} s"}
+                rows[m] = {
+                    "skipped": f"hopeless: predicted ≈ {est:.0f} s per gradient "
+                    f"(≈ 0.1–0.4 · p × Discrete, p = {pr.p}); cap "
+                    f"{fwd_cap:.0f} s"
+                }
                 continue
         say(start=m)
         row = {}
@@ -231,7 +301,7 @@ def _child(name, quick, rounds, exclude):
                 t = time.perf_counter()
                 g = jax.block_until_ready(c(dyn))
                 row["first"] = time.perf_counter() - t
-                call = (lambda c=c, dyn=dyn: jax.block_until_ready(c(dyn)))
+                call = lambda c=c, dyn=dyn: jax.block_until_ready(c(dyn))
             t = time.perf_counter()
             call()
             w = time.perf_counter() - t
@@ -270,21 +340,30 @@ def _child(name, quick, rounds, exclude):
             ref, ref_name = flat(c(dyn)), "KrylovExpm(tol=1e-12)"
         else:
             p64 = dataclasses.replace(
-                pr, y0=cast64(pr.y0), ts=cast64(pr.ts), params=cast64(pr.params),
-                field=cast64(pr.field), args=cast64(pr.args))
+                pr,
+                y0=cast64(pr.y0),
+                ts=cast64(pr.ts),
+                params=cast64(pr.params),
+                field=cast64(pr.field),
+                args=cast64(pr.args),
+            )
             # (A large max_steps makes Discrete's checkpointing allocate for it,
             # vmapped over the controls too: keep the budget near what is needed.)
-            tight = dict(rtol=1e-10, atol=1e-10 if pr.atol >= 1e-10 else pr.atol * 1e-4,
-                         max_steps=16_384)
+            tight = dict(
+                rtol=1e-10,
+                atol=1e-10 if pr.atol >= 1e-10 else pr.atol * 1e-4,
+                max_steps=16_384,
+            )
             if pr.name == "long_horizon":
                 tight = dict(rtol=1e-9, atol=1e-9, max_steps=20 * pr.max_steps)
             c, dyn, _ = compiled_grad(p64, jaxsens.Discrete(), **tight)
             ref = flat(c(dyn))
-            ref_name = (f"Discrete, float64, rtol = {tight['rtol']:g}, "
-                        f"atol = {tight['atol']:g}")
+            ref_name = (
+                f"Discrete, float64, rtol = {tight['rtol']:g}, atol = {tight['atol']:g}"
+            )
     except Exception as e:  # noqa: BLE001
         ref_name = f"reference failed: {type(e).__name__}: {str(e)[:200]}"
-    for m, r in rows.items():
+    for r in rows.values():
         if "times" in r:
             r["warm"] = statistics.median(r["times"])
             r["min"] = min(r["times"])
@@ -293,32 +372,44 @@ def _child(name, quick, rounds, exclude):
             if ref is not None and g.shape == ref.shape:
                 r["rel_err"] = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
             del r["times"], r["warm0"]
-    say(result={
-        "problem": name, "description": pr.description, "n": pr.n, "p": pr.p,
-        "solver": type(pr.solver).__name__, "rtol": pr.rtol, "atol": pr.atol,
-        "quick": quick, "auto": decision, "reference": ref_name,
-        "torch": torch_version, "rows": rows,
-    })
+    say(
+        result={
+            "problem": name,
+            "description": pr.description,
+            "n": pr.n,
+            "p": pr.p,
+            "solver": type(pr.solver).__name__,
+            "rtol": pr.rtol,
+            "atol": pr.atol,
+            "quick": quick,
+            "auto": decision,
+            "reference": ref_name,
+            "torch": torch_version,
+            "rows": rows,
+        }
+    )
 
 
 # --- parent ---------------------------------------------------------------------
 
 
 def meta_info(cmd):
-    import subprocess
-
     import platform
+    import subprocess
 
     import diffrax as dfx
     import equinox as eqx
     import jax
 
     def git(*a):
-        return subprocess.run(["git", *a], capture_output=True, text=True,
-                              cwd=HERE).stdout.strip()
+        return subprocess.run(
+            ["git", *a], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
 
     rev = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--", os.path.join(os.path.dirname(HERE), "jaxsens")):
+    if git(
+        "status", "--porcelain", "--", os.path.join(os.path.dirname(HERE), "jaxsens")
+    ):
         rev += " + uncommitted jaxsens/ changes of the shared working tree"
     try:
         import torch
@@ -330,9 +421,9 @@ def meta_info(cmd):
         "cmd": cmd,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
-                   f"{platform.python_version()} — shared with other engineers' jobs",
+        f"{platform.python_version()} — shared with other engineers' jobs",
         "versions": f"jax {jax.__version__}, diffrax {dfx.__version__}, "
-                    f"equinox {eqx.__version__}{tv}",
+        f"equinox {eqx.__version__}{tv}",
         "jaxsens": rev,
         "load": round(os.getloadavg()[0], 1),
     }
@@ -361,23 +452,29 @@ def auto_check(res):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bench",
-                                 description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated problem names")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=None)
-    ap.add_argument("--crossover", action="store_true",
-                    help="also run the crossover sweep (bench/crossover.py)")
-    ap.add_argument("--report", action="store_true",
-                    help="only regenerate RESULTS.md and the plots")
+    ap.add_argument(
+        "--crossover",
+        action="store_true",
+        help="also run the crossover sweep (bench/crossover.py)",
+    )
+    ap.add_argument(
+        "--report", action="store_true", help="only regenerate RESULTS.md and the plots"
+    )
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--child", nargs=2, metavar=("PROBLEM", "QUICK"))
     ap.add_argument("--exclude", default="{}")
     a = ap.parse_args(argv)
     if a.child:
-        return _child(a.child[0], a.child[1] == "1", a.repeats or 9,
-                      json.loads(a.exclude))
+        return _child(
+            a.child[0], a.child[1] == "1", a.repeats or 9, json.loads(a.exclude)
+        )
 
     from bench import _child as child_mod, report
     from bench.problems import registry
@@ -399,27 +496,38 @@ def main(argv=None):
         if unknown:
             ap.error(f"unknown problem(s) {unknown}; known: {list(registry())}")
         cmd = "python -m bench" + "".join(
-            f" {x}" for x in (sys.argv[1:] if argv is None else argv))
+            f" {x}" for x in (sys.argv[1:] if argv is None else argv)
+        )
         rounds = a.repeats or (5 if a.quick else 9)
         timeout = a.timeout or (300 if a.quick else 600)
         for name in names:
             meta = meta_info(cmd)
             log(f"== {name} (load {meta['load']})")
-            res = child_mod.run("bench.run", [name, int(a.quick)], rounds=rounds,
-                                timeout=timeout, log=log)
+            res = child_mod.run(
+                "bench.run",
+                [name, int(a.quick)],
+                rounds=rounds,
+                timeout=timeout,
+                log=log,
+            )
             res["meta"] = meta
             data["problems"][name] = res
             if "rows" in res:
                 for m, r in res["rows"].items():
-                    val = (f"warm {r['warm'] * 1e3:.3g} ms (min {r['min'] * 1e3:.3g}), "
-                           f"compile {r.get('compile', float('nan')):.1f} s, "
-                           f"relerr {r.get('rel_err', float('nan')):.1e}"
-                           if "warm" in r else r.get("skipped") or r.get("error"))
+                    val = (
+                        f"warm {r['warm'] * 1e3:.3g} ms (min {r['min'] * 1e3:.3g}), "
+                        f"compile {r.get('compile', float('nan')):.1f} s, "
+                        f"relerr {r.get('rel_err', float('nan')):.1e}"
+                        if "warm" in r
+                        else r.get("skipped") or r.get("error")
+                    )
                     log(f"  {m:38s} {val}")
                 st, aw, best, bw, ratio, cr = auto_check(res)
-                log(f"  Auto -> {res['auto'].get('method')}: {st} (Auto ×"
+                log(
+                    f"  Auto -> {res['auto'].get('method')}: {st} (Auto ×"
                     f"{ratio if ratio is None else round(ratio, 2)}, choice ×"
-                    f"{cr if cr is None else round(cr, 2)} of {best})")
+                    f"{cr if cr is None else round(cr, 2)} of {best})"
+                )
             with open(path, "w") as fh:
                 json.dump(data, fh, indent=1)
     if a.crossover:

@@ -56,7 +56,9 @@ class SuiteProblem:
 
     @property
     def p(self) -> int:
-        leaves = jax.tree_util.tree_leaves(eqx.filter(self.params, eqx.is_inexact_array))
+        leaves = jax.tree_util.tree_leaves(
+            eqx.filter(self.params, eqx.is_inexact_array)
+        )
         return int(sum(x.size for x in leaves))
 
     def member_args(self):
@@ -64,7 +66,8 @@ class SuiteProblem:
         _, args = self.split(self.params)
         if self.batched:
             return jax.tree_util.tree_map(
-                lambda x: x[0] if eqx.is_array(x) else x, args)
+                lambda x: x[0] if eqx.is_array(x) else x, args
+            )
         return args
 
 
@@ -74,17 +77,26 @@ class SuiteProblem:
 def lotka_volterra(quick=False):
     p = _core.lotka_volterra(jnp.float64)
     return SuiteProblem(
-        "lotka_volterra", "Lotka–Volterra, n = 2, p = 4 (args), t ∈ [0, 10], 50 "
-        "save times, float64, Tsit5", p.field, p.y0, p.ts, p.args, p.loss)
+        "lotka_volterra",
+        "Lotka–Volterra, n = 2, p = 4 (args), t ∈ [0, 10], 50 "
+        "save times, float64, Tsit5",
+        p.field,
+        p.y0,
+        p.ts,
+        p.args,
+        p.loss,
+    )
 
 
 def _robertson_field(t, y, k):
     y1, y2, y3 = y[0], y[1], y[2]
-    return jnp.stack([
-        -k[0] * y1 + k[2] * y2 * y3,
-        k[0] * y1 - k[1] * y2**2 - k[2] * y2 * y3,
-        k[1] * y2**2,
-    ])
+    return jnp.stack(
+        [
+            -k[0] * y1 + k[2] * y2 * y3,
+            k[0] * y1 - k[1] * y2**2 - k[2] * y2 * y3,
+            k[1] * y2**2,
+        ]
+    )
 
 
 def robertson(quick=False):
@@ -94,12 +106,19 @@ def robertson(quick=False):
         return jnp.sum((ys * jnp.array([1.0, 1e4, 1.0])) ** 2)
 
     return SuiteProblem(
-        "robertson", "Robertson's stiff chemical kinetics, n = 3, p = 3 rates "
+        "robertson",
+        "Robertson's stiff chemical kinetics, n = 3, p = 3 rates "
         "(0.04, 3e7, 1e4), t0 = 0, 15 log-spaced save times in [1e-5, 100], "
         "float64, Kvaerno5, rtol = 1e-6, atol = 1e-10; loss Σ (y·[1, 1e4, 1])²",
-        _robertson_field, jnp.array([1.0, 0.0, 0.0]), ts,
-        jnp.array([0.04, 3e7, 1e4]), loss, t0=0.0, solver=dfx.Kvaerno5(),
-        rtol=1e-6, atol=1e-10,
+        _robertson_field,
+        jnp.array([1.0, 0.0, 0.0]),
+        ts,
+        jnp.array([0.04, 3e7, 1e4]),
+        loss,
+        t0=0.0,
+        solver=dfx.Kvaerno5(),
+        rtol=1e-6,
+        atol=1e-10,
         skip={"jax odeint": "explicit only (Dopri5): ~10^6 steps on Robertson"},
     )
 
@@ -107,18 +126,35 @@ def robertson(quick=False):
 def seed000_linear(quick=False):
     p = _linear.seed000()
     return SuiteProblem(
-        "seed000_linear", "seed 000: linear rate system, n = 100, p = 10^4 rates, "
+        "seed000_linear",
+        "seed 000: linear rate system, n = 100, p = 10^4 rates, "
         "t ∈ [1, 4], 4 save times, float64 (`LinearField`, time-stepped methods "
-        "Tsit5)", p.field, p.y0, p.ts, p.params, p.loss, t0=p.t0, linear=True,
-        reference="linear")
+        "Tsit5)",
+        p.field,
+        p.y0,
+        p.ts,
+        p.params,
+        p.loss,
+        t0=p.t0,
+        linear=True,
+        reference="linear",
+    )
 
 
 def seed000_ude(quick=False):
     p = _linear.seed000_ude()
     return SuiteProblem(
-        "seed000_ude", "seed 000's UDE: rate matrix + MLP 4→5→4 on 25 blocks, "
+        "seed000_ude",
+        "seed 000's UDE: rate matrix + MLP 4→5→4 on 25 blocks, "
         "n = 100, p = 10,049, t ∈ [1, 4], 4 save times, float64, Tsit5",
-        p.field, p.y0, p.ts, p.params, p.loss, grad_of="field", t0=p.t0)
+        p.field,
+        p.y0,
+        p.ts,
+        p.params,
+        p.loss,
+        grad_of="field",
+        t0=p.t0,
+    )
 
 
 def _controls_problem(nc):
@@ -129,10 +165,19 @@ def _controls_problem(nc):
         return jnp.sum(ys**2) / _controls.NT
 
     return SuiteProblem(
-        f"seed002_controls{nc}", f"seed 002: controlled neural ODE, n = 2, "
+        f"seed002_controls{nc}",
+        f"seed 002: controlled neural ODE, n = 2, "
         f"p = 282 (MLP weights), {nc} control(s) `jax.vmap`ped, t ∈ [0, 10], 100 "
-        "save times, float32, Tsit5", field, _controls.y0(), _controls.times(),
-        field, loss, grad_of="field", args=ctrl, batched=True)
+        "save times, float32, Tsit5",
+        field,
+        _controls.y0(),
+        _controls.times(),
+        field,
+        loss,
+        grad_of="field",
+        args=ctrl,
+        batched=True,
+    )
 
 
 def seed002_controls1(quick=False):
@@ -147,13 +192,25 @@ def heat2d(quick=False):
     grid = 30 if quick else 100
     p = _linear.heat2d(grid)
     return SuiteProblem(
-        "heat2d", f"2-D heat equation, {grid}×{grid} cells (n = {grid * grid}), "
+        "heat2d",
+        f"2-D heat equation, {grid}×{grid} cells (n = {grid * grid}), "
         f"a learnable diffusion coefficient per cell (p = {grid * grid}), "
         "matrix-free `LinearField`, 4 save times in [0.25, 1], float64, Tsit5 for "
-        "time-stepped methods", p.field, p.y0, p.ts, p.params, p.loss, t0=p.t0,
-        linear=True, reference="krylov",
-        skip={"LinearExpm": f"dense expm of a {grid * grid}² matrix "
-              "(matrix-free field; KrylovExpm is the method)"} if grid > 40 else {},
+        "time-stepped methods",
+        p.field,
+        p.y0,
+        p.ts,
+        p.params,
+        p.loss,
+        t0=p.t0,
+        linear=True,
+        reference="krylov",
+        skip={
+            "LinearExpm": f"dense expm of a {grid * grid}² matrix "
+            "(matrix-free field; KrylovExpm is the method)"
+        }
+        if grid > 40
+        else {},
     )
 
 
@@ -161,15 +218,27 @@ def long_horizon(quick=False):
     steps = 1_000 if quick else 10_000
     p = _core.long_solve(steps)
     return SuiteProblem(
-        "long_horizon", f"memory case: n = 64, p = 10,336, ~{steps} Tsit5 steps, "
+        "long_horizon",
+        f"memory case: n = 64, p = 10,336, ~{steps} Tsit5 steps, "
         "101 save times, float64 (`bench/problems/core.py`); the adjoints' backward "
         f"budget max_steps = {3 * steps + 1000}, checkpoints = 16",
-        p.field, p.y0, p.ts, p.params, p.loss, grad_of="field",
-        max_steps=p.max_steps, adjoint_max_steps=3 * steps + 1000, checkpoints=16,
-        skip={} if quick else {
+        p.field,
+        p.y0,
+        p.ts,
+        p.params,
+        p.loss,
+        grad_of="field",
+        max_steps=p.max_steps,
+        adjoint_max_steps=3 * steps + 1000,
+        checkpoints=16,
+        skip={}
+        if quick
+        else {
             m: "hopeless: measured 16 s per gradient at 10^3 steps (Python-level "
-               "stepping), so ~160 s at 10^4" for m in
-            ("torchdiffeq odeint", "torchdiffeq odeint_adjoint")})
+            "stepping), so ~160 s at 10^4"
+            for m in ("torchdiffeq odeint", "torchdiffeq odeint_adjoint")
+        },
+    )
 
 
 REGISTRY = {
@@ -186,5 +255,5 @@ REGISTRY = {
 
 def cast64(tree):
     return jax.tree_util.tree_map(
-        lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, tree)
-
+        lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, tree
+    )
