@@ -28,13 +28,8 @@ class QuadratureAdjoint(AbstractAdjoint):
     against 89 ms on one batched state via `jaxsens.batched_field`, and 0.2 s for
     `GaussAdjoint` vmapped). Batch with `batched_field`, or use `GaussAdjoint`.
 
-    Cost of the forward dense output: diffrax preallocates it for `max_steps`
-    steps (for `Tsit5`, 7 stage vectors of size `n` per step), and it is written
-    on every call, so time and memory grow with `max_steps · n`, not with the steps
-    taken. Measured (bench/results/crossover.md, 5 forward steps, default
-    `max_steps=4096`): 36 ms per gradient at n = 256 and 0.66 s at n = 4096, where
-    `Discrete` takes 1.1 ms and 8 ms. Set `max_steps` near the steps the solve
-    needs (see `sol.stats`), or use `Discrete`.
+    Like `GaussAdjoint`, its time and memory include the forward dense output,
+    which diffrax preallocates for `max_steps` steps (see `GaussAdjoint`'s note).
 
     **Arguments:** `solver`, `rtol`, `atol`, `max_steps` of the backward solve
     (default: the forward's solver and tolerances, twice its step budget plus
