@@ -23,6 +23,7 @@ Writes `bench/results/crossover.json` (every point, every method: median and min
 warm time, first-call time, relative difference of the gradient from Discrete's),
 `bench/results/crossover.md` (the crossover points) and
 `bench/results/crossover.png` (time vs n + p per method; explicit | stiff).
+`--quick` writes `crossover_quick.*` instead.
 """
 
 import argparse
@@ -584,7 +585,7 @@ def markdown(data):
     return "\n".join(L) + "\n"
 
 
-def plot(data):
+def plot(data, tag=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -652,16 +653,21 @@ def plot(data):
     axes[0].legend(fontsize=8)
     fig.suptitle("Crossover: warm gradient time vs n + p (shared 2-core CPU)")
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS_DIR, "crossover.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS_DIR, f"crossover{tag}.png"), dpi=110)
     plt.close(fig)
 
 
-def write(data):
-    with open(JSON_PATH, "w") as fh:
+def write(data, tag=""):
+    """`crossover{tag}.json/.md/.png`; `--quick` runs use `tag="_quick"`, so they
+    never overwrite the full grid's files."""
+    with open(os.path.join(RESULTS_DIR, f"crossover{tag}.json"), "w") as fh:
         json.dump(data, fh, indent=1)
-    with open(os.path.join(RESULTS_DIR, "crossover.md"), "w") as fh:
-        fh.write(markdown(data))
-    plot(data)
+    md = markdown(data)
+    if tag:
+        md = md.replace("(crossover.png)", f"(crossover{tag}.png)")
+    with open(os.path.join(RESULTS_DIR, f"crossover{tag}.md"), "w") as fh:
+        fh.write(md)
+    plot(data, tag)
 
 
 def run(
@@ -681,9 +687,11 @@ def run(
         + (f" --repeats {repeats}" if repeats else "")
     )
     data = {"meta": dict(meta_info(), cmd=cmd), "points": []}
-    if merge and os.path.exists(JSON_PATH):
+    tag = "_quick" if quick else ""
+    json_path = os.path.join(RESULTS_DIR, f"crossover{tag}.json")
+    if merge and os.path.exists(json_path):
         # Keep the previous run's points that this run does not redo.
-        with open(JSON_PATH) as fh:
+        with open(json_path) as fh:
             old = json.load(fh)
         redo = {(k, f, n, h) for k in kinds for f, n, h in grid[k]}
         data["points"] = [
@@ -711,8 +719,8 @@ def run(
                     f"{m}={fmt_ms(r.get('warm'))}" for m, r in res["rows"].items()
                 )
             )
-            write(data)
-    write(data)
+            write(data, tag)
+    write(data, tag)
     return data
 
 
