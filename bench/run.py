@@ -26,9 +26,9 @@ rtol = atol = 1e-10). `Forward` is skipped when predicted hopeless
 (≈ 0.1–0.4 · p × Discrete's time > `FORWARD_CAP_S`; 1 s with `--quick`).
 
 `--quick`: heat 30×30, long solve 10^3 steps, methods `QUICK_METHODS`, 5 rounds;
-written to `results/suite_quick.json` and `results/quick.md`. On an idle 2-core
-machine it takes about 3 minutes, almost all of it XLA compilation (~3 s per
-method and problem); on the shared machine, with compile times of 5–15 s, 6–10.
+written to `results/suite_quick.json` and `results/quick.md`. Measured: 3 min
+45 s for all 8 problems on the shared 2-core machine at load 1–4 (2026-11-26),
+almost all of it XLA compilation (2–6 s per method and problem).
 
 Auto check: `Auto().decide(...)` (or `.choose` on an older jaxsens) is recorded per
 problem; PASS when Auto's warm median is within 1.5× of the fastest jaxsens
