@@ -61,7 +61,7 @@ FINDINGS = """\
   1024-state problem when `max_steps` goes from 4096 to 256. This inflates every
   continuous-adjoint time at large n in these tables (heat: 1.3–10 s, XLA temp
   2.5 GB for Gauss/Interpolating, 7.6 GB for Quadrature).
-- **Robertson (stiff, Kvaerno5)**: Forward ≈ 14 ms, Discrete ≈ 50 ms, the
+- **Robertson (stiff, Kvaerno5)**: Forward ≈ 14 ms, Discrete ≈ 50 ms,
   the continuous adjoints 66–83 ms; jaxsens's `BacksolveAdjoint` raises (the
   backward re-integration diverges) and diffrax's exhausts its step budget.
 - **Tolerance-dominated gradients**: seed 002 at rtol = atol = 1e-6 in float32 is
@@ -198,8 +198,8 @@ def crossover_section(xo):
         "![crossover](results/crossover.png)",
         "",
         READING.replace("## Reading", "### Reading"),
-        "| solver | n | p | n+p | fastest | Forward | best reverse | Discrete "
-        "| best adjoint |",
+        "| grid (solver) | n | p | n+p | fastest | Forward | best reverse "
+        "| Discrete | best adjoint |",
         "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | --- |",
     ]
     adj = [
@@ -215,7 +215,8 @@ def crossover_section(xo):
             ba = fastest(p, adj)
             fw = rows.get("Forward", {})
             L.append(
-                f"| {p['solver']} | {p['n']} | {p['p']} | {p['n_plus_p']} | "
+                f"| {p['kind']} ({p['solver']}) | {p['n']} | {p['p']} "
+                f"| {p['n_plus_p']} | "
                 f"{fastest(p)} | {ms(fw.get('warm')) if 'warm' in fw else 'skipped'} "
                 f"| {br} {ms(rows[br]['warm']) if br else ''} "
                 f"| {ms(rows.get('Discrete', {}).get('warm'))} "
