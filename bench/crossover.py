@@ -481,6 +481,10 @@ READING = """\
   every continuous-adjoint number here is for the default budget; sizing the
   buffers by the steps actually needed would remove most of the gap — a jaxsens
   fix to make before Auto picks these methods for large n.
+- Accuracy: every gradient agrees with Discrete's to < 1e-3 relative, except
+  Quadrature/GaussAdjoint on the stiffest point (n = 1, decay rate 10³,
+  Kvaerno5): 9 % off — the same weakness as their 0.96 error on seed 000's stiff
+  variant (results/linear.md).
 - Caveat: on t ∈ [0, 1] the explicit solves take 4–8 steps, so small points are
   dominated by per-call overheads (tens of µs); `explicit_t10` (t ∈ [0, 10], n = h,
   19–23 steps) is the more realistic explicit curve. There, Discrete is the
