@@ -241,9 +241,12 @@ def _adjoint_solve_fwd(perturbed, vjp_arg, static, ts, adjoint, options):
 @_adjoint_solve.def_bwd
 def _adjoint_solve_bwd(residuals, grad_obj, perturbed, vjp_arg, static, ts, adjoint,
                        options):
-    del perturbed
     diff, y0 = _as_arrays(vjp_arg)
-    problem = Problem(diff, static, y0, ts, options)
+    # Only perturbed leaves get a parameter adjoint: the others (e.g. a control's
+    # samples when training the field's weights) join the static part, so μ and
+    # the vjps carry nothing for them.
+    diff_perturbed, diff_fixed = eqx.partition(diff, perturbed[0])
+    problem = Problem(diff_perturbed, eqx.combine(diff_fixed, static), y0, ts, options)
     ys_bar = grad_obj[0]
     ys_like = jtu.tree_map(
         lambda y: jnp.zeros((ts.shape[0],) + jnp.shape(y), jnp.result_type(y)), y0
