@@ -81,13 +81,13 @@ def test_gradient_reaches_arrays_closed_over_by_a_plain_function(method_name):
 
 def test_solution_fields_and_auto_choice():
     sol = jaxsens.solve(LV.field, LV.y0, LV.ts, LV.args)
-    assert isinstance(sol.sensitivity, jaxsens.Forward)  # n + p = 6 ≤ 64
+    assert isinstance(sol.sensitivity, jaxsens.Forward)  # n + p = 6 ≤ 32
     assert sol.ys.shape == (LV.ts.shape[0], 2)
     assert int(sol.stats["num_accepted_steps"]) > 0
     assert sol.result == jaxsens.RESULTS.successful
     big = eqx.nn.MLP(2, 2, 16, 2, key=jax.random.PRNGKey(0))
     sol = jaxsens.solve(lambda t, y, m: m(y), LV.y0, LV.ts, big)
-    assert isinstance(sol.sensitivity, jaxsens.Discrete)  # n + p = 356 > 64
+    assert isinstance(sol.sensitivity, jaxsens.Discrete)  # n + p = 356 > 32
     decision = jaxsens.Auto().decide(lambda t, y, m: m(y), LV.y0, LV.ts, big)
     assert decision.facts["n"] == 2 and decision.facts["p"] == 354
     assert "356 > forward_threshold" in decision.rule and "Discrete()" in str(decision)

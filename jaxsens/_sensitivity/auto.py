@@ -59,7 +59,9 @@ class Auto(AbstractSensitivity):
     1. A `jaxsens.LinearField` is never time-stepped: `LinearExpm()` (exact, one
        `expm`, O(n³)) up to `n = linear_dense_max = 2000`, `KrylovExpm()` above that
        or when `A` is only available as a matvec.
-    2. Few inputs to differentiate: `Forward()` when `n + p ≤ forward_threshold`.
+    2. Few inputs to differentiate: `Forward()` when `n + p ≤ forward_threshold`
+       (32) with an explicit solver, `≤ forward_threshold_implicit` (64) with an
+       implicit one, whose backward pass is dearer.
        Forward sensitivities carry one tangent per input; with the primal and all
        tangents in one vmapped solve they beat every reverse method while the
        tangents are few.
@@ -72,20 +74,26 @@ class Auto(AbstractSensitivity):
        the choice when you need a gradient whose cost does not depend on
        differentiating the solver's internals (pick them explicitly).
 
-    `p` counts the inexact-array leaves of a Module field and of `args`; arrays a
-    plain-function field closes over are not counted. The cost model behind
-    `AutoDecision.estimates` (units: one `Discrete` gradient) is
-    `Forward ≈ forward_base + forward_per_input · (n + p)`, `GaussAdjoint ≈
-    gauss_factor`, `InterpolatingAdjoint ≈ interpolating_factor`, fitted to the
-    crossover sweep (`python -m bench.crossover`, bench/results/crossover.md): on
-    this 2-core CPU, Forward ÷ Discrete went 0.23 → 0.8 → 1.1 → 1.4 → 2.8 at
-    n + p = 4, 40, 76, 144, 280 with Tsit5 and 0.25 → 0.7 → 0.9 → 1.2 → 3.6 with
-    Kvaerno5 on a stiff family, so the crossover sits near n + p ≈ 80; the
-    threshold 64 keeps `Forward` inside its winning region.
+    `p` counts the inexact-array leaves of a Module field and of `args` (a
+    `Control`'s sample times and values included, trainable or not); arrays a
+    plain-function field closes over are not counted. `n` is counted because `y0`
+    may be differentiated; when it is not, `Forward` carries only `p` tangents and
+    is cheaper than estimated — pass `Forward()` yourself for a large state with a
+    handful of parameters. The cost model behind `AutoDecision.estimates` (units:
+    one `Discrete` gradient) is `Forward ≈ forward_base + forward_per_input ·
+    (n + p)` (`forward_per_input_implicit` with an implicit solver), `GaussAdjoint
+    ≈ gauss_factor`, `InterpolatingAdjoint ≈ interpolating_factor`, fitted to the
+    crossover sweep (`python -m bench.crossover`, bench/results/crossover.md). On
+    this 2-core CPU, Forward ÷ Discrete went 0.20 → 1.1 → 1.25 → 2.6 at
+    p = 3, 10, 36, 136 with Tsit5 (20 steps), and 0.25 → 0.83 → 0.86 → 1.2 → 3.6 at
+    n + p = 4, 40, 76, 144, 280 with Kvaerno5 on a stiff family: crossovers near
+    40 and 80, and the thresholds keep `Forward` inside its winning region.
 
     **Arguments:**
 
-    - `forward_threshold`: largest `n + p` for which `Forward()` is chosen.
+    - `forward_threshold`: largest `n + p` for which `Forward()` is chosen with an
+        explicit solver.
+    - `forward_threshold_implicit`: the same with an implicit solver.
     - `linear_dense_max`: largest state size for which `LinearExpm()` is chosen.
 
     **Example:**
@@ -95,15 +103,17 @@ class Auto(AbstractSensitivity):
     field = lambda t, y, k: -k * y
     y0, ts = jnp.array([1.0]), jnp.linspace(0, 1, 3)
     sol = jaxsens.solve(field, y0, ts, 2.0, sensitivity=jaxsens.Auto())
-    print(jaxsens.Auto().decide(field, y0, ts, 2.0))  # Forward(): n + p = 2 ≤ 64
+    print(jaxsens.Auto().decide(field, y0, ts, 2.0))  # Forward(): n + p = 2 ≤ 32
     ```
     """
 
-    forward_threshold: int = 64
+    forward_threshold: int = 32
+    forward_threshold_implicit: int = 64
     linear_dense_max: int = 2000
     # Cost model (units: one Discrete gradient), see the docstring.
     forward_base: float = 0.3
-    forward_per_input: float = 0.009
+    forward_per_input: float = 0.017
+    forward_per_input_implicit: float = 0.009
     gauss_factor: float = 1.5
     interpolating_factor: float = 2.5
 
@@ -144,20 +154,26 @@ class Auto(AbstractSensitivity):
                 facts, {})
 
         k = n + p
-        rel_forward = self.forward_base + self.forward_per_input * k
+        per_input = (self.forward_per_input_implicit if facts["implicit"]
+                     else self.forward_per_input)
+        rel_forward = self.forward_base + per_input * k
         costs = {"Forward": rel_forward, "Discrete": 1.0,
                  "GaussAdjoint": self.gauss_factor,
                  "InterpolatingAdjoint": self.interpolating_factor}
-        if k <= self.forward_threshold:
-            method, rule = Forward(), (f"n + p = {k} ≤ forward_threshold = "
-                                       f"{self.forward_threshold}: forward sensitivities")
+        if facts["implicit"]:
+            name, threshold = "forward_threshold_implicit", self.forward_threshold_implicit
+        else:
+            name, threshold = "forward_threshold", self.forward_threshold
+        if k <= threshold:
+            method, rule = Forward(), (f"n + p = {k} ≤ {name} = {threshold}: "
+                                       "forward sensitivities")
             reasons = (f"{k} tangents ride along the forward solve (state n = {n}, "
                        f"p = {p} trainable scalars); no backward pass, and "
                        "`jax.jvp`/`jax.hessian` work too.",)
             chosen = costs["Forward"]
         else:
-            method, rule = Discrete(), (f"n + p = {k} > forward_threshold = "
-                                        f"{self.forward_threshold}: reverse mode "
+            method, rule = Discrete(), (f"n + p = {k} > {name} = {threshold}: "
+                                        "reverse mode "
                                         "through the solver's steps")
             reasons = (f"{k} inputs would need {k} forward tangents; one reverse "
                        "pass costs about 2–3 forward solves whatever p is.",
