@@ -63,24 +63,38 @@ def vjp_params(problem: Problem, t, y, lam):
     return lam_d
 
 
-def dense_evaluate(interp, t):
-    """`y(t)` from a forward solve's dense output, extrapolating the first/last
-    step's polynomial just outside `[t0, t1]`.
+def dense_index(interp, t):
+    """The forward step whose polynomial piece covers `t` (the one ending at `t`
+    on a boundary)."""
+    index = jnp.searchsorted(interp.ts, t, side="left")
+    return jnp.clip(index - 1, 0, jnp.maximum(interp.ts_size - 2, 0))
+
+
+def piece_of(interp):
+    """For `backward_loop(piece_of=...)`: the forward step under a backward step
+    `[s_a, s_b]` (which never straddles one: see `forward_stops`), found once per
+    step instead of by a search per stage."""
+    return lambda s_a, s_b: dense_index(interp, -(s_a + s_b) / 2)
+
+
+def dense_evaluate(interp, t, index=None):
+    """`y(t)` from a forward solve's dense output (on forward step `index`, found
+    by search if not given), extrapolating the first/last step's polynomial just
+    outside `[t0, t1]`.
 
     diffrax's own `evaluate` returns NaN there, but implicit solvers such as
     `Kvaerno5` place stages outside their step (c > 1), so the backward pass's
     last step looks slightly before `t0`.
     """
     ts = interp.ts
-    index = jnp.searchsorted(ts, t, side="left")
-    index = jnp.clip(index - 1, 0, jnp.maximum(interp.ts_size - 2, 0))
+    index = dense_index(interp, t) if index is None else index
     info = jtu.tree_map(lambda x: x[index], interp.infos)
     return interp.interpolation_cls(t0=ts[index], t1=ts[index + 1], **info).evaluate(t)
 
 
 def forward_stops(interp):
     """The forward solve's step times as stops of the backward loop: ascending in
-    `s = -t`, padded with `+inf`.
+    `s = -t`.
 
     `y(t)` from the dense output is one polynomial per forward step, with kinks
     between them. The forward controller sized those steps to resolve `y`; the
@@ -91,6 +105,6 @@ def forward_stops(interp):
     Stopping at every forward step keeps each backward step (and its quadrature
     nodes) inside one polynomial piece.
     """
-    ts = interp.ts
-    valid = jnp.arange(ts.shape[0]) < interp.ts_size
-    return jnp.sort(jnp.where(valid, -ts, jnp.inf))
+    # diffrax pads the unused tail of `ts` with +inf: reversed and negated, the
+    # padding is a -inf head, which `backward_loop` skips (stops ≤ s0).
+    return -interp.ts[::-1]

@@ -73,6 +73,7 @@ def backward_loop(
     on_step: Callable | None = None,
     extra0: PyTree = None,
     stop_times: Array | None = None,
+    piece_of: Callable | None = None,
 ) -> LoopOutput:
     """Integrate `dz/ds = vf(s, z)` from `s0` to `s_end` (`s0 < s_end`).
 
@@ -81,16 +82,23 @@ def backward_loop(
     `(z, extra) = jump_fn(z, extra, j)`. After every accepted step
     `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info)`. Steps are also
     clipped (with nothing applied) at `stop_times` (ascending in `s`, may be
-    `+inf`-padded), e.g. the forward solve's step times.
+    `+inf`-padded), e.g. the forward solve's step times. With `piece_of`,
+    `aux = piece_of(s_a, s_b)` is computed once per step and handed to
+    `vf(s, z, aux)` and `on_step(..., aux=aux)`.
     """
-    term = dfx.ODETerm(lambda s, z, _: vf(s, z))
+    if piece_of is None:
+        term = dfx.ODETerm(lambda s, z, _: vf(s, z))
+        aux_of = lambda s_a, s_b: None  # noqa: E731
+    else:
+        term = dfx.ODETerm(lambda s, z, aux: vf(s, z, aux))
+        aux_of = piece_of
     solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
     error_order = solver.error_order(term)
     s1_guess, cstate = controller.init(
-        term, s0, s_end, z0, dt0, None, solver.func, error_order
+        term, s0, s_end, z0, dt0, aux_of(s0, s0), solver.func, error_order
     )
     s1_guess = jnp.minimum(s1_guess, s_end)
-    sstate = solver.init(term, s0, s1_guess, z0, None)
+    sstate = solver.init(term, s0, s1_guess, z0, aux_of(s0, s0))
     dtype = jnp.result_type(s0)
     padded = jnp.concatenate([jump_times, jnp.array([jnp.inf], dtype)])
     if stop_times is None:
@@ -107,8 +115,9 @@ def backward_loop(
         s, s_prop, z, sstate, cstate, j, k, made_jump, extra, nsteps, nacc, result = c
         next_stop = jnp.minimum(jnp.minimum(padded[j], stops[k]), s_end)
         s1 = jnp.minimum(s_prop, next_stop)
+        aux = aux_of(s, s1)
         z1, zerr, dense, sstate1, sres = solver.step(
-            term, s, s1, z, None, sstate, made_jump
+            term, s, s1, z, aux, sstate, made_jump
         )
         # Step sizes are not differentiated (as in diffrax): stopping gradients here
         # also keeps the controller's internal custom_vjp out of forward-over-adjoint
@@ -120,7 +129,10 @@ def backward_loop(
         ok = sres == dfx.RESULTS.successful
         keep = keep & ok
         if on_step is not None:
-            extra_new = on_step(extra, s, s1, z, z1, dense)
+            if piece_of is None:
+                extra_new = on_step(extra, s, s1, z, z1, dense)
+            else:
+                extra_new = on_step(extra, s, s1, z, z1, dense, aux=aux)
             extra = _where(keep, extra_new, extra)
         z_new = _where(keep, z1, z)
         hit = keep & (s1 == padded[j]) & (j < num_jumps)

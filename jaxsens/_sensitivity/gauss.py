@@ -7,6 +7,7 @@ from ._common import (
     Jumps,
     dense_evaluate,
     forward_stops,
+    piece_of,
     tree_add,
     vjp_params,
     vjp_y,
@@ -16,7 +17,8 @@ from ._loop import backward_loop, check, gauss_legendre, rms_norm
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 
 
-def node_integral(problem, interp, solver, s_a, s_b, dense, nodes, weights):
+def node_integral(problem, interp, solver, s_a, s_b, dense, nodes, weights,
+                  piece=None):
     """`∫_{s_a}^{s_b} f_θᵀλ ds` by Gauss–Legendre on one backward step.
 
     `λ` at the nodes comes from the backward step's own interpolant, `y` from the
@@ -26,7 +28,7 @@ def node_integral(problem, interp, solver, s_a, s_b, dense, nodes, weights):
     s_nodes = s_a + nodes * h
     local = solver.interpolation_cls(t0=s_a, t1=s_b, **dense)
     lams = jax.vmap(local.evaluate)(s_nodes)
-    ys = jax.vmap(lambda t: dense_evaluate(interp, t))(-s_nodes)
+    ys = jax.vmap(lambda t: dense_evaluate(interp, t, piece))(-s_nodes)
     grads = jax.vmap(lambda s, y, lam: vjp_params(problem, -s, y, lam))(
         s_nodes, ys, lams
     )
@@ -92,15 +94,15 @@ class GaussAdjoint(AbstractAdjoint):
         jumps = Jumps(problem, ys_bar)
         nodes, weights = gauss_legendre(self.nodes, jnp.result_type(problem.ts))
 
-        def vf(s, lam):
-            return vjp_y(problem, -s, dense_evaluate(interp, -s), lam)
+        def vf(s, lam, piece):
+            return vjp_y(problem, -s, dense_evaluate(interp, -s, piece), lam)
 
         def jump_fn(lam, mu, j):
             return tree_add(lam, jumps.cotangent(j)), mu
 
-        def on_step(mu, s_a, s_b, lam_a, lam_b, dense):
+        def on_step(mu, s_a, s_b, lam_a, lam_b, dense, aux):
             inc = node_integral(problem, interp, solver, s_a, s_b, dense, nodes,
-                                weights)
+                                weights, aux)
             return tree_add(mu, inc)
 
         out = backward_loop(
@@ -109,5 +111,6 @@ class GaussAdjoint(AbstractAdjoint):
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
             max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step,
             extra0=zeros_like(problem.diff), stop_times=forward_stops(interp),
+            piece_of=piece_of(interp),
         )
         return check((out.extra, out.z), out.result, problem.options.throw)

@@ -8,6 +8,7 @@ from ._common import (
     Jumps,
     dense_evaluate,
     forward_stops,
+    piece_of,
     tree_add,
     vjp_y_and_params,
     zeros_like,
@@ -114,10 +115,11 @@ class InterpolatingAdjoint(AbstractAdjoint):
         norm = (lambda z: rms_norm(z[0])) if self.seminorm else rms_norm
 
         def make_vf(interp):
-            def vf(s, z):
+            def vf(s, z, piece):
                 lam, _ = z
                 t = -s
-                _, lam_y, lam_d = vjp_y_and_params(problem, t, dense_evaluate(interp, t), lam)
+                y = dense_evaluate(interp, t, piece)
+                _, lam_y, lam_d = vjp_y_and_params(problem, t, y, lam)
                 return lam_y, lam_d
 
             return vf
@@ -132,6 +134,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
                 jump_times=jumps.times, num_jumps=jumps.num, jump_index=j,
                 jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=norm,
                 max_steps=max_steps, dt0=dt0, stop_times=forward_stops(interp),
+                piece_of=piece_of(interp),
             )
 
         z0 = (jumps.initial(), zeros_like(problem.diff))

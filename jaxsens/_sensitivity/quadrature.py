@@ -4,7 +4,9 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._common import Jumps, dense_evaluate, forward_stops, tree_add, vjp_y, zeros_like
+from ._common import (
+    Jumps, dense_evaluate, forward_stops, piece_of, tree_add, vjp_y, zeros_like,
+)
 from ._loop import backward_loop, check, gauss_legendre, prepare_solver, rms_norm
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 from .gauss import node_integral
@@ -76,13 +78,13 @@ class QuadratureAdjoint(AbstractAdjoint):
         nodes, weights = gauss_legendre(self.nodes, dtype)
         size = -(-max_steps // self.chunk) * self.chunk
 
-        def vf(s, lam):
-            return vjp_y(problem, -s, dense_evaluate(interp, -s), lam)
+        def vf(s, lam, piece):
+            return vjp_y(problem, -s, dense_evaluate(interp, -s, piece), lam)
 
         def jump_fn(lam, store, j):
             return tree_add(lam, jumps.cotangent(j)), store
 
-        term = dfx.ODETerm(lambda s, lam, _: vf(s, lam))
+        term = dfx.ODETerm(lambda s, lam, _: vf(s, lam, None))
         lam0 = jumps.initial()
         step_solver, _ = prepare_solver(solver, rtol, atol, problem.options.dt0)
         s1 = jumps.s0 + 1e-3
@@ -96,22 +98,24 @@ class QuadratureAdjoint(AbstractAdjoint):
             jnp.zeros(size, dtype),
             jnp.zeros(size, dtype),
             jtu.tree_map(lambda x: jnp.zeros((size,) + x.shape, x.dtype), dense_shape),
+            jnp.zeros(size, jnp.int32),
             jnp.array(0, jnp.int32),
         )
 
-        def on_step(store, s_a, s_b, lam_a, lam_b, dense):
-            sa, sb, dn, k = store
+        def on_step(store, s_a, s_b, lam_a, lam_b, dense, aux):
+            sa, sb, dn, pieces, k = store
             dn = jtu.tree_map(lambda buf, x: buf.at[k].set(x), dn, dense)
-            return sa.at[k].set(s_a), sb.at[k].set(s_b), dn, k + 1
+            pieces = pieces.at[k].set(aux.astype(jnp.int32))
+            return sa.at[k].set(s_a), sb.at[k].set(s_b), dn, pieces, k + 1
 
         out = backward_loop(
             vf=vf, z0=lam0, s0=jumps.s0, s_end=jumps.s_end,
             jump_times=jumps.times, num_jumps=jumps.num, jump_index=0,
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
             max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=store0,
-            stop_times=forward_stops(interp),
+            stop_times=forward_stops(interp), piece_of=piece_of(interp),
         )
-        sa, sb, dn, count = out.extra
+        sa, sb, dn, pieces, count = out.extra
 
         def integrate_chunk(c, mu):
             i = c * self.chunk
@@ -121,9 +125,9 @@ class QuadratureAdjoint(AbstractAdjoint):
             a = jnp.where(valid, take(sa), jumps.s0)
             b = jnp.where(valid, take(sb), jumps.s0)
             inc = jax.vmap(
-                lambda a_, b_, d_: node_integral(problem, interp, solver, a_, b_, d_,
-                                                 nodes, weights)
-            )(a, b, jtu.tree_map(take, dn))
+                lambda a_, b_, d_, p_: node_integral(problem, interp, solver, a_, b_,
+                                                     d_, nodes, weights, p_)
+            )(a, b, jtu.tree_map(take, dn), take(pieces))
             return tree_add(mu, jtu.tree_map(lambda g: jnp.sum(g, 0), inc))
 
         n_chunks = (count + self.chunk - 1) // self.chunk
