@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._common import (
-    Jumps, dense_evaluate, forward_stops, piece_of, tree_add, vjp_y, zeros_like,
+    Jumps,
+    dense_evaluate,
+    forward_stops,
+    piece_of,
+    tree_add,
+    vjp_y,
+    zeros_like,
 )
 from ._loop import backward_loop, check, gauss_legendre, prepare_solver, rms_norm
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
