@@ -13,6 +13,8 @@ from .forward import Forward
 def count_sizes(field, y0, args) -> tuple[int, int]:
     """`(n, p)`: state size and number of trainable scalars (field leaves + args)."""
     n = sum(int(np.size(x)) for x in jtu.tree_leaves(y0))
+    # Python floats in `args` are trainable scalars in `solve`: count them too.
+    args = jtu.tree_map(lambda x: np.asarray(x) if isinstance(x, float) else x, args)
     params = eqx.filter((field, args), eqx.is_inexact_array)
     p = sum(int(np.size(x)) for x in jtu.tree_leaves(params))
     return n, p
@@ -167,7 +169,7 @@ class Auto(AbstractSensitivity):
         if k <= threshold:
             method, rule = Forward(), (f"n + p = {k} ≤ {name} = {threshold}: "
                                        "forward sensitivities")
-            reasons = (f"{k} tangents ride along the forward solve (state n = {n}, "
+            reasons = (f"{k} tangent(s) ride along the forward solve (state n = {n}, "
                        f"p = {p} trainable scalars); no backward pass, and "
                        "`jax.jvp`/`jax.hessian` work too.",)
             chosen = costs["Forward"]
