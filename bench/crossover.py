@@ -32,8 +32,9 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
+
+from bench import _child
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -254,61 +255,11 @@ def child(family, n, h, rounds, exclude):
 
 
 def run_point(family, n, h, rounds, timeout, log):
-    exclude = {}
-    for _attempt in range(4):
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.crossover",
-            "--child",
-            family,
-            str(n),
-            str(h),
-            "--repeats",
-            str(rounds),
-            "--exclude",
-            json.dumps(exclude),
-        ]
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        t = time.perf_counter()
-        p = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=os.path.dirname(HERE),
-        )
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-            running = None
-            for x in lines:
-                if "start" in x:
-                    running = x["start"]
-                if "done" in x or "failed" in x:
-                    running = None
-                if "timing" in x:
-                    running = "timing"
-            if running in (None, "timing"):
-                rounds = 1
-                log("    timeout while timing; retrying with 1 round")
-            else:
-                exclude[running] = f"first call not finished within {timeout} s"
-                log(f"    timeout in {running}; retrying without it")
-            continue
-        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-        res = [x["result"] for x in lines if "result" in x]
-        if not res:
-            log(f"    child failed: {err.strip().splitlines()[-1:]}")
-            return None
-        res = res[0]
-        res["wall_s"] = time.perf_counter() - t
-        return res
-    return None
+    """One grid point in a fresh subprocess (`bench._child.run`); None if it failed."""
+    res = _child.run(
+        "bench.crossover", [family, n, h], rounds=rounds, timeout=timeout, log=log
+    )
+    return None if "error" in res else res
 
 
 def meta_info():
@@ -708,22 +659,19 @@ def run(
     for i in range(max(len(grid[k]) for k in kinds)):
         order += [(k, grid[k][i]) for k in kinds if i < len(grid[k])]
     for kind, (family, n, h) in order:
-        if True:
-            log(f"  {kind} {family} n={n} h={h}")
-            res = run_point(family, n, h, rounds, timeout, log)
-            if res is None:
-                continue
-            res["kind"] = kind
-            res["made_by"] = {k: data["meta"][k] for k in ("cmd", "date", "jaxsens")}
-            data["points"].append(res)
-            best = fastest(res)
-            log(
-                f"    n+p={res['n_plus_p']} steps={res['forward_steps']} fastest={best} "
-                + ", ".join(
-                    f"{m}={fmt_ms(r.get('warm'))}" for m, r in res["rows"].items()
-                )
-            )
-            write(data, tag)
+        log(f"  {kind} {family} n={n} h={h}")
+        res = run_point(family, n, h, rounds, timeout, log)
+        if res is None:
+            continue
+        res["kind"] = kind
+        res["made_by"] = {k: data["meta"][k] for k in ("cmd", "date", "jaxsens")}
+        data["points"].append(res)
+        best = fastest(res)
+        log(
+            f"    n+p={res['n_plus_p']} steps={res['forward_steps']} fastest={best} "
+            + ", ".join(f"{m}={fmt_ms(r.get('warm'))}" for m, r in res["rows"].items())
+        )
+        write(data, tag)
     write(data, tag)
     return data
 
