@@ -16,11 +16,11 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike, Float, PyTree, Scalar
 
 from ._sensitivity.auto import Auto, AutoDecision
-from ._sensitivity.base import AbstractSensitivity
+from ._sensitivity.base import AbstractSensitivity, float_args_as_arrays
 from ._sensitivity.discrete import Discrete
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm
-from ._solve import solve
+from ._solve import _check_sensitivity, solve
 
 
 _PARTS = ("field", "y0", "args")
@@ -310,16 +310,8 @@ def explain(
     auto = Auto() if auto is None else auto
     if not isinstance(auto, Auto):
         raise TypeError(f"`auto` must be a `jaxsens.Auto()`, got {auto!r}.")
-    if isinstance(sensitivity, type):
-        raise TypeError(
-            f"`sensitivity={sensitivity.__name__}` is a class: pass an instance, "
-            f"`sensitivity=jaxsens.{sensitivity.__name__}()`."
-        )
-    if sensitivity is not None and not isinstance(sensitivity, AbstractSensitivity):
-        raise TypeError(
-            f"`sensitivity` must be a jaxsens method such as `jaxsens.Discrete()`, "
-            f"got {sensitivity!r}."
-        )
+    if sensitivity is not None:
+        _check_sensitivity(sensitivity)
     if not isinstance(probe_factor, (int, float)) or not probe_factor > 1:
         raise ValueError(f"`probe_factor` must be a number > 1, got {probe_factor!r}.")
     if not isinstance(repeats, int) or repeats < 1:
@@ -334,11 +326,9 @@ def explain(
         )
 
     ts = jnp.asarray(ts)
-    # Python floats in `args` are trainable, as in `solve`: make them arrays so the
-    # probe and its float64 reference differentiate the same leaves.
-    args = jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args
-    )
+    # As in `solve`, so the probe and its float64 reference differentiate the same
+    # leaves.
+    args = float_args_as_arrays(args)
     decision = auto.decide(field, y0, ts, args, solver=solver)
     method = decision.method if sensitivity is None else sensitivity
     if isinstance(method, Auto):

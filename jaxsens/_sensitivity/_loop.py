@@ -75,23 +75,19 @@ def backward_loop(
     stop_times: Array | None = None,
     piece_of: Callable | None = None,
 ) -> LoopOutput:
-    """Integrate `dz/ds = vf(s, z)` from `s0` to `s_end` (`s0 < s_end`).
+    """Integrate `dz/ds = vf(s, z, aux)` from `s0` to `s_end` (`s0 < s_end`).
 
     Steps are clipped to land exactly on each `jump_times[j]` (ascending, in `s`),
     for `j` from `jump_index` up to `num_jumps - 1`; on arrival
     `(z, extra) = jump_fn(z, extra, j)`. After every accepted step
-    `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info)`. Steps are also
-    clipped (with nothing applied) at `stop_times` (ascending in `s`, may be
-    `+inf`-padded), e.g. the forward solve's step times. With `piece_of`,
-    `aux = piece_of(s_a, s_b)` is computed once per step and handed to
-    `vf(s, z, aux)` and `on_step(..., aux=aux)`.
+    `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info, aux)`. Steps are also
+    clipped (with nothing applied) at `stop_times` (ascending in `s`; those
+    `≤ s0` are skipped), e.g. the forward solve's step times. `aux =
+    piece_of(s_a, s_b)` (None without `piece_of`) is computed once per step and
+    handed to `vf(s, z, aux)` and `on_step`.
     """
-    if piece_of is None:
-        term = dfx.ODETerm(lambda s, z, _: vf(s, z))
-        aux_of = lambda s_a, s_b: None  # noqa: E731
-    else:
-        term = dfx.ODETerm(lambda s, z, aux: vf(s, z, aux))
-        aux_of = piece_of
+    term = dfx.ODETerm(lambda s, z, aux: vf(s, z, aux))
+    aux_of = piece_of if piece_of is not None else (lambda s_a, s_b: None)
     solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
     error_order = solver.error_order(term)
     s1_guess, cstate = controller.init(
@@ -129,10 +125,7 @@ def backward_loop(
         ok = sres == dfx.RESULTS.successful
         keep = keep & ok
         if on_step is not None:
-            if piece_of is None:
-                extra_new = on_step(extra, s, s1, z, z1, dense)
-            else:
-                extra_new = on_step(extra, s, s1, z, z1, dense, aux=aux)
+            extra_new = on_step(extra, s, s1, z, z1, dense, aux)
             extra = _where(keep, extra_new, extra)
         z_new = _where(keep, z1, z)
         hit = keep & (s1 == padded[j]) & (j < num_jumps)

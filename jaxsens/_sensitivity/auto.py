@@ -5,7 +5,7 @@ import equinox as eqx
 import jax.tree_util as jtu
 import numpy as np
 
-from .base import AbstractSensitivity, SolveOptions
+from .base import AbstractSensitivity, SolveOptions, float_args_as_arrays
 from .discrete import Discrete
 from .forward import Forward
 
@@ -13,8 +13,7 @@ from .forward import Forward
 def count_sizes(field, y0, args) -> tuple[int, int]:
     """`(n, p)`: state size and number of trainable scalars (field leaves + args)."""
     n = sum(int(np.size(x)) for x in jtu.tree_leaves(y0))
-    # Python floats in `args` are trainable scalars in `solve`: count them too.
-    args = jtu.tree_map(lambda x: np.asarray(x) if isinstance(x, float) else x, args)
+    args = float_args_as_arrays(args)  # trainable scalars in `solve`: count them
     params = eqx.filter((field, args), eqx.is_inexact_array)
     p = sum(int(np.size(x)) for x in jtu.tree_leaves(params))
     return n, p

@@ -76,7 +76,8 @@ class BacksolveAdjoint(AbstractAdjoint):
         jumps = Jumps(problem, ys_bar)
         norm = (lambda z: rms_norm(z[:2])) if self.seminorm else rms_norm
 
-        def vf(s, z):
+        def vf(s, z, aux):
+            del aux  # `y` is integrated, not interpolated: no forward piece
             y, lam, _ = z
             fy, lam_y, lam_d = vjp_y_and_params(problem, -s, y, lam)
             return jtu.tree_map(jnp.negative, fy), lam_y, lam_d

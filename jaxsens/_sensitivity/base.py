@@ -152,12 +152,16 @@ class Problem(eqx.Module):
         return eqx.combine(self.diff, self.static)[1]
 
 
-def as_problem(field, y0, ts, args, options) -> Problem:
-    # Python floats in `args` become arrays, so they are traced (and trainable)
-    # the same way in every solve; ints stay static (they may set shapes).
-    args = jtu.tree_map(
+def float_args_as_arrays(args):
+    """Python floats in `args` become arrays, so they are traced (and trainable)
+    the same way in every solve; ints stay static (they may set shapes)."""
+    return jtu.tree_map(
         lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args
     )
+
+
+def as_problem(field, y0, ts, args, options) -> Problem:
+    args = float_args_as_arrays(args)
     # Closure conversion makes arrays closed over by a plain function (or hidden in
     # a Module) explicit leaves, so the custom_vjp can return their cotangents.
     field = eqx.filter_closure_convert(field, options.t0, y0, args)
