@@ -2,9 +2,9 @@
 
 References: `scipy.linalg.expm` for values; for derivatives, the Fréchet
 derivative from Van Loan's block matrix `expm([[A, E], [0, A]])` (upper-right
-block = L(A, E)), computed by scipy. Matrices are scaled so that every Padé
-degree (3, 5, 7, 9, 13) and 0 to 9 squarings are exercised; one jitted function
-serves all scales.
+block = L(A, E)), computed by scipy. Matrices are scaled from ‖A‖₁ = 5e-3 to
+3e3, so that 0 to 8 squarings are exercised; one jitted function serves all
+scales.
 """
 
 import jax
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import scipy.linalg as sl
 
-from jaxsens._sensitivity._expm import _plan, expm
+from jaxsens._sensitivity._expm import _powers, _squarings_needed, expm
 
 
 N = 5
-# ‖A‖₁ from 5e-3 (degree 3, no squaring) to ~3e3 (degree 13, 9 squarings).
-NORMS = [5e-3, 0.1, 0.5, 1.5, 4.0, 30.0, 3000.0]
+# ‖A‖₁ from 5e-3 (no squaring) to 3e3 (8 squarings).
+NORMS = [5e-3, 0.5, 4.0, 30.0, 300.0, 3000.0]
 
 
 def rel(a, b):
@@ -44,10 +44,13 @@ def compiled():
     return value, jvp, vjp
 
 
-def test_plan_covers_all_degrees_and_squarings():
-    plans = [_plan(jnp.asarray(matrix(x))) for x in NORMS]
-    assert sorted({int(p[2]) for p in plans}) == [0, 1, 2, 3, 4]
-    assert [int(p[1]) for p in plans][-3:] == [0, 2, 9]
+def test_squarings_exercised():
+    def squarings(a):
+        a2, a4, a6 = _powers(a)
+        return int(_squarings_needed(a, a4, a6))
+
+    counts = [squarings(jnp.asarray(matrix(x))) for x in NORMS]
+    assert counts == [0, 0, 0, 2, 5, 8]
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -57,9 +60,11 @@ def test_values_jvp_vjp_against_scipy(compiled, norm):
     rng = np.random.default_rng(1)
     e, g = rng.normal(size=(2, N, N))
     exact = sl.expm(a)
-    assert rel(value(a), exact) < 1e-13
+    # At ‖A‖₁ = 3e3 expm(A) ~ 1e-85: against a 50-digit mpmath expm, this
+    # algorithm is 1.3e-13 off there, JAX's expm 7e-14, scipy's 2e-14.
+    assert rel(value(a), exact) < 5e-13
     primal, tangent = jvp(a, e)
-    assert rel(primal, exact) < 1e-13
+    assert rel(primal, exact) < 5e-13
     assert rel(tangent, frechet(a, e)) < 1e-12
     # The VJP is L(Aᵀ, G) (the adjoint of the Fréchet derivative).
     assert rel(vjp(a, g), frechet(a.T, g)) < 1e-12
