@@ -124,3 +124,19 @@ def test_python_float_args_are_probed_like_arrays():
 def test_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         jaxsens.explain(DECAY.field, DECAY.y0, DECAY.ts, DECAY.args, **kwargs)
+
+
+def test_auto_counts_control_values_not_sample_times():
+    # 20 samples: their times are a grid, their values may be trained. n + p =
+    # 2 + 4 + 20 = 26 ≤ 32 → Forward; counting the times too (46) would give
+    # Discrete.
+    control = jaxsens.Control(jnp.linspace(0.0, 1.0, 20), jnp.zeros(20))
+
+    def field(t, y, args):
+        k, u = args
+        return -k * y + u(t)
+
+    decision = jaxsens.Auto().decide(field, jnp.ones(2), DECAY.ts,
+                                     (jnp.ones(4), control))
+    assert decision.facts["p"] == 24
+    assert decision.method == jaxsens.Forward()

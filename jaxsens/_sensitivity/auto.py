@@ -5,16 +5,29 @@ import equinox as eqx
 import jax.tree_util as jtu
 import numpy as np
 
+from .._control import Control
 from .base import AbstractSensitivity, SolveOptions, float_args_as_arrays
 from .discrete import Discrete
 from .forward import Forward
 
 
+def _without_sample_times(tree):
+    """`tree` with every `Control`'s sample times dropped: a grid, not a parameter
+    (its values may be trained and are counted)."""
+    is_control = lambda x: isinstance(x, Control)  # noqa: E731
+    return jtu.tree_map(
+        lambda x: eqx.tree_at(lambda c: c.ts, x, None) if is_control(x) else x,
+        tree,
+        is_leaf=is_control,
+    )
+
+
 def count_sizes(field, y0, args) -> tuple[int, int]:
-    """`(n, p)`: state size and number of trainable scalars (field leaves + args)."""
+    """`(n, p)`: state size and number of trainable scalars (field leaves + args,
+    not counting `Control` sample times)."""
     n = sum(int(np.size(x)) for x in jtu.tree_leaves(y0))
     args = float_args_as_arrays(args)  # trainable scalars in `solve`: count them
-    params = eqx.filter((field, args), eqx.is_inexact_array)
+    params = eqx.filter(_without_sample_times((field, args)), eqx.is_inexact_array)
     p = sum(int(np.size(x)) for x in jtu.tree_leaves(params))
     return n, p
 
@@ -76,8 +89,8 @@ class Auto(AbstractSensitivity):
        differentiating the solver's internals (pick them explicitly).
 
     `p` counts the inexact-array leaves of a Module field and of `args` (a
-    `Control`'s sample times and values included, trainable or not); arrays a
-    plain-function field closes over are not counted. `n` is counted because `y0`
+    `Control`'s values included, trainable or not, but not its sample times);
+    arrays a plain-function field closes over are not counted. `n` is counted because `y0`
     may be differentiated; when it is not, `Forward` carries only `p` tangents and
     is cheaper than estimated — pass `Forward()` yourself for a large state with a
     handful of parameters. The cost model behind `AutoDecision.estimates` (units:
