@@ -90,9 +90,9 @@ class Auto(AbstractSensitivity):
 
     `p` counts the inexact-array leaves of a Module field and of `args` (a
     `Control`'s values included, trainable or not, but not its sample times);
-    arrays a plain-function field closes over are not counted. `n` is counted because `y0`
-    may be differentiated; when it is not, `Forward` carries only `p` tangents and
-    is cheaper than estimated — pass `Forward()` yourself for a large state with a
+    arrays a plain-function field closes over are not counted. `n` is counted
+    because `y0` may be differentiated; when it is not, `Forward` carries only `p`
+    tangents and is cheaper than estimated — pass `Forward()` yourself for a large state with a
     handful of parameters. The cost model behind `AutoDecision.estimates` (units:
     one `Discrete` gradient) is `Forward ≈ forward_base + forward_per_input ·
     (n + p)` (`forward_per_input_implicit` with an implicit solver), `GaussAdjoint
