@@ -9,15 +9,18 @@ The Padé-13 scaling-and-squaring algorithm (Higham 2005), as in
   `‖AΔt‖₁ = 216`) that is 4 squarings instead of 5, each worth three matrix
   products in a gradient.
 - **A hand-written JVP**: the Fréchet derivative `L(A, Ȧ)` by the product
-  rule through the Padé approximant (reusing its LU factors) and through each
-  squaring, `L ← X L + L X`. JAX transposes it for reverse mode, so the
+  rule through the Padé approximant and through each squaring, `L ← X L + L X`.
+  The Padé denominator `Q` is inverted once, so that `Q⁻¹` is applied to the
+  primal and to the tangent (and, transposed, to the cotangent) as matrix
+  products rather than as triangular solves (2.2 → 2.06 ms; `Q` is well
+  conditioned at the scaled norms used). JAX transposes it for reverse mode, so the
   backward pass is a straight run of matrix products instead of autodiff back
   through a 16-step `scan` of `lax.cond`s, and every product there has a plain
   (not transposed) left operand (`_left`).
 
 Measured in one process, seed 000's stiff step matrix, jitted `grad` of
-`⟨G, expm(A)⟩`, median of 20 rounds: 1.85 ms against 2.70 ms for
-`jax.scipy.linalg.expm` (forward alone 0.61 against 0.57 ms). Being a
+`⟨G, expm(A)⟩`, median of 20 rounds of 20 calls: 2.18 ms against 2.74 ms for
+`jax.scipy.linalg.expm` (forward alone 0.76 against 0.72 ms). Being a
 `custom_jvp`, it keeps `jax.jvp`, `jax.hessian` and `vmap` working.
 
 Tried and dropped: the trace shift `expm(A) = e^μ expm(A - μI)` (Higham 2005)
@@ -30,7 +33,6 @@ over `s` with unrolled branches is no faster unbatched and 8x slower under
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 
 
 # Padé coefficients b_k of r_13(x) = p_13(x)/p_13(-x), and θ_13, the largest
@@ -139,10 +141,10 @@ def _expm_jvp(primals, tangents):
     dw = left_a6(dw1) + m6 @ w1 + b[7] * m6 + b[5] * m4 + b[3] * m2
     du = left_a(dw) + e @ w
     dv = left_a6(dz1) + m6 @ z1 + b[6] * m6 + b[4] * m4 + b[2] * m2
-    lu = jsl.lu_factor(v - u)
-    r = jsl.lu_solve(lu, u + v)
+    q_inv = jnp.linalg.inv(v - u)
+    r = q_inv @ (u + v)
     # d(Q⁻¹P) = Q⁻¹(dP - dQ R), dP = dU + dV, dQ = dV - dU.
-    dr = jsl.lu_solve(lu, (du + dv) + (du - dv) @ r)
+    dr = _left(q_inv)((du + dv) + (du - dv) @ r)
 
     def step(x, dx):
         return x @ x, _left(x)(dx) + dx @ x
