@@ -138,10 +138,11 @@ class LinearExpm(AbstractSensitivity):
     (`Auto()` picks it for n ≤ 2000): cost O(n³) per distinct step and memory
     O(n²) per step on the backward pass. A time-stepped gradient of the same
     problem is off by the solver tolerance and is slower: on seed 000 (100 states,
-    10^4 rates) at rtol = 1e-6 the time-stepped gradients are off by 1e-4 to 4e-3
-    relative, and one exact gradient took 2.7 ms against 13 ms for diffrax's
-    `RecursiveCheckpointAdjoint` and 52 s for `Forward()` (bench/bench_linear.py,
-    shared 2-core machine). For larger or matrix-free `A` use
+    10^4 rates) at rtol = 1e-6 the time-stepped gradients are off by 2e-5 to 4e-3
+    relative, and one exact gradient took 2.2 ms against 11.9 ms for diffrax's
+    `RecursiveCheckpointAdjoint` and 27 s for `Forward()`; on its stiff variant
+    (rates × 100, 200 save times) 2.7 ms against 63 ms with `Kvaerno5`
+    (bench/bench_linear.py, shared 2-core machine). For larger or matrix-free `A` use
     [`jaxsens.KrylovExpm`][].
 
     **Arguments:** none.
