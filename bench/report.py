@@ -39,7 +39,7 @@ FINDINGS = """\
 ## Findings (written 2026-11-26 from the runs below; re-check after a re-run)
 
 - **Linear fields are never time-stepped by Auto, and that is right**: seed 000
-  `LinearExpm` ≈ 4 ms vs ≈ 15 ms for Discrete/diffrax and an exact gradient
+  `LinearExpm` ≈ 2.2 ms vs ≈ 13 ms for Discrete/diffrax and an exact gradient
   (time-stepped ones are 4e-3 off at rtol = 1e-6); heat 100×100 `KrylovExpm`
   ≈ 0.15 s vs ≈ 1.2 s for Discrete/diffrax RCA, whose gradient is **wrong by 8e5**
   (differentiating the step-size controller at Tsit5's stability limit, see
@@ -49,11 +49,11 @@ FINDINGS = """\
   torchdiffeq `odeint_adjoint` return gradients off by 1e18–1e119 without an
   error (backward re-integration of a dissipative system). jaxsens's
   `BacksolveAdjoint` raises instead on the same problems.
-- **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 43 s per gradient on seed
-  000 (measured once), vs 4 ms for `LinearExpm`.
-- **Long horizon (10^4 steps)**: Discrete, Quadrature and Gauss ≈ 2.6 s; jaxsens's
-  Backsolve (9.3 s) and Interpolating (12 s) are 3.6–4.8× slower than Discrete
-  and slower than diffrax's Backsolve (5.2 s) — worth profiling. XLA temp buffers:
+- **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 27–43 s per gradient on
+  seed 000 (results/linear.md and one suite run), vs 2.2 ms for `LinearExpm`.
+- **Long horizon (10^4 steps)**: Discrete, Quadrature and Gauss ≈ 2.4–2.8 s;
+  jaxsens's Backsolve (8.9 s) and Interpolating (8.3 s) are ~3× slower than
+  Discrete, and Backsolve is ~10 % slower than diffrax's (8.1 s). XLA temp buffers:
   Discrete 0.3 MB, Gauss/Interpolating ≈ 50 MB, Quadrature 177 MB (see
   results/core.md for resident-memory measurements).
 - **Continuous adjoints' buffers are sized by `max_steps`**, and their time
