@@ -7,7 +7,7 @@ import jax.tree_util as jtu
 from jaxtyping import ArrayLike, Float, PyTree
 
 from ._sensitivity.auto import Auto
-from ._sensitivity.base import AbstractSensitivity, SolveOptions
+from ._sensitivity.base import AbstractSensitivity, SolveOptions, static_times
 from ._solution import Solution
 
 
@@ -149,6 +149,7 @@ def solve(
 
     dtype = _float_dtype(y0)
     y0 = _as_state(y0, dtype)
+    known_times = static_times(t0, ts, dtype)
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(
@@ -184,7 +185,7 @@ def solve(
         "`y0` contains NaN or inf. Check how the initial state was built.",
     )
 
-    options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw)
+    options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times)
     method = sensitivity
     if isinstance(method, Auto):
         method = method.choose(field, y0, ts, args, solver=solver)

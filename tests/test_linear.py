@@ -200,6 +200,23 @@ def test_linear_expm_values_and_fd(small, grid):
         )
 
 
+def test_linear_expm_known_times_path(small):
+    # `small` passes `ts` into `jit` (traced: the grid's spacing is decided by a
+    # `lax.cond`); closed over, `ts` is known while tracing and the spacing is
+    # decided in Python. Both paths must agree on every kind of grid.
+    from jaxsens._sensitivity.linear import grid_kind
+
+    params, y0 = small["params"], small["y0"]
+    for kind, (name, ts) in enumerate(GRIDS.items()):
+        assert int(grid_kind(0.0, np.asarray(ts), np)) == kind, name
+        assert int(grid_kind(jnp.asarray(0.0), ts)) == kind, name
+        known = jax.jit(
+            jax.grad(lambda p, ts=ts: small["loss"](p, y0, ts, jaxsens.LinearExpm()))
+        )(params)
+        traced = small["grad"](params, y0, ts, jaxsens.LinearExpm())[0]
+        assert tree_rel(known, traced) < 1e-13, name
+
+
 def test_linear_expm_matches_time_stepping(small):
     params, y0 = small["params"], small["y0"]
     g = small["grad"](params, y0, NONUNIFORM, jaxsens.LinearExpm())

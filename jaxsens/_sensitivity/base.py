@@ -17,15 +17,23 @@ from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, PyTree
 
 from .._solution import RESULTS
 
 
 class SolveOptions(eqx.Module):
-    """The settings of one `jaxsens.solve` call, handed to a sensitivity method."""
+    """The settings of one `jaxsens.solve` call, handed to a sensitivity method.
+
+    `static_times` is `(t0, ts)` as Python floats when both were known at trace
+    time (not traced; at most `STATIC_TIMES_MAX` save times), else `None`: a
+    method may then decide things about the grid in Python instead of tracing
+    both branches of a `lax.cond` (`LinearExpm`: uniform or not).
+    """
 
     t0: Array
     solver: dfx.AbstractSolver
@@ -34,6 +42,30 @@ class SolveOptions(eqx.Module):
     dt0: float | None
     max_steps: int = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
+    static_times: tuple[float, tuple[float, ...]] | None = eqx.field(
+        static=True, default=None
+    )
+
+
+STATIC_TIMES_MAX = 4096
+
+
+def static_times(t0, ts, dtype):
+    """`(t0, ts)` as floats if both are concrete at trace time (see `SolveOptions`),
+    rounded to `dtype` as the solve rounds them."""
+    try:
+        ts = np.asarray(ts).astype(dtype)
+        t0 = ts[0] if t0 is None else np.asarray(t0).astype(dtype)
+    except (
+        jax.errors.TracerArrayConversionError,
+        jax.errors.ConcretizationTypeError,
+        TypeError,
+        ValueError,
+    ):
+        return None
+    if ts.ndim != 1 or not 1 <= ts.shape[0] <= STATIC_TIMES_MAX:
+        return None
+    return float(t0), tuple(float(t) for t in ts)
 
 
 class AbstractSensitivity(eqx.Module):
