@@ -121,3 +121,14 @@ def test_stiff_linear_kvaerno5_matches_exact(method_name):
     got = eqx.filter_jit(jax.grad(_stiff_loss, (0, 1)))(P, y0, METHODS[method_name])
     for part, g, e in zip(("P", "y0"), got, exact, strict=True):
         assert rel_err(g, e) < 1e-4, (method_name, part, rel_err(g, e))
+
+
+def test_discrete_store_all_equals_recursive_checkpointing():
+    # `Discrete()` stores every step on small problems (n · max_steps ≤ 2^19);
+    # diffrax's recursive checkpointing (recomputation) must give the same
+    # gradient, to rounding.
+    name = sorted(set(PROBLEMS) - {"decay"})[0]
+    problem = PROBLEMS[name]
+    recursive = _grad_fn(problem, jaxsens.Discrete(checkpoints=8))(problem.inputs())
+    for r, d in zip(recursive, reference(name), strict=True):
+        assert rel_err(trainable(r), trainable(d)) < 1e-12, name

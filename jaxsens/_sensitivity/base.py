@@ -63,7 +63,8 @@ def static_times(t0, ts, dtype):
         ValueError,
     ):
         return None
-    if ts.ndim != 1 or not 1 <= ts.shape[0] <= STATIC_TIMES_MAX:
+    # Bad shapes are left to `solve`'s own checks, which name the argument.
+    if ts.ndim != 1 or not 1 <= ts.shape[0] <= STATIC_TIMES_MAX or t0.shape != ():
         return None
     return float(t0), tuple(float(t) for t in ts)
 

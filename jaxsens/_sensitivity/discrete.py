@@ -1,4 +1,6 @@
 import diffrax as dfx
+import jax.tree_util as jtu
+import numpy as np
 
 from .base import (
     AbstractSensitivity,
@@ -7,6 +9,10 @@ from .base import (
     diffrax_solve,
     stats_of,
 )
+
+
+# Store every step when state size × max_steps is at most this (see `checkpoints`).
+STORE_ALL_MAX = 2**19
 
 
 class Discrete(AbstractSensitivity):
@@ -34,8 +40,14 @@ class Discrete(AbstractSensitivity):
 
     **Arguments:**
 
-    - `checkpoints`: number of checkpoints for the recursive checkpointing
-        (default: chosen from `max_steps`, O(log max_steps) memory).
+    - `checkpoints`: number of checkpoints for the recursive checkpointing.
+        Default: one per step (`max_steps`: nothing is recomputed) when the state
+        size times `max_steps` is at most `STORE_ALL_MAX` = 2^19 (a few MB), else
+        diffrax's choice, O(log max_steps) memory with recomputation. Measured
+        (warm gradient, median): Lotka–Volterra 2.5 → 1.1 ms, seed 002 with one
+        control 2.1 → 1.5 ms (compile 4.9 → 3.7 s), seed 000's UDE (n = 100)
+        16.6 → 13.8 ms; but 100 controls `vmap`ped over one solve (the rule
+        sees n = 2 per member) 35 → 38 ms: pass `checkpoints=` to override.
     - `forward_mode`: see above.
 
     Cites: Griewank & Walther 2000 (binomial checkpointing, "revolve"); Kidger 2021
@@ -77,7 +89,11 @@ class Discrete(AbstractSensitivity):
         if self.forward_mode:
             adjoint = dfx.DirectAdjoint()
         else:
-            adjoint = dfx.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
+            checkpoints = self.checkpoints
+            n = sum(int(np.size(x)) for x in jtu.tree_leaves(y0))
+            if checkpoints is None and n * options.max_steps <= STORE_ALL_MAX:
+                checkpoints = options.max_steps
+            adjoint = dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
         sol = diffrax_solve(field, y0, ts, args, options, adjoint=adjoint)
         result = diffrax_result(sol.result)
         return checked(sol.ys, result, options.throw), stats_of(sol), result
