@@ -151,7 +151,7 @@ def run(argv=None) -> str:
         if warm is None:
             print(f"{name:<22}  skipped: {n_tangents} tangents (one per parameter "
                   f"and state) — seconds per gradient; Auto uses Forward only up "
-                  f"to n + p = 32 (Tsit5)")
+                  f"to n + p = 8 (Tsit5)")
             continue
         print(f"{name:<22}{warm * 1e3:>11.1f}{compile_s:>13.1f}{rel:>23.1e}")
 

@@ -127,16 +127,16 @@ def test_errors(kwargs, error, match):
 
 
 def test_auto_counts_control_values_not_sample_times():
-    # 20 samples: their times are a grid, their values may be trained. n + p =
-    # 2 + 4 + 20 = 26 ≤ 32 → Forward; counting the times too (46) would give
+    # 4 samples: their times are a grid, their values may be trained. n + p =
+    # 1 + 1 + 4 = 6 ≤ 8 → Forward; counting the times too (10) would give
     # Discrete.
-    control = jaxsens.Control(jnp.linspace(0.0, 1.0, 20), jnp.zeros(20))
+    control = jaxsens.Control(jnp.linspace(0.0, 1.0, 4), jnp.zeros(4))
 
     def field(t, y, args):
         k, u = args
         return -k * y + u(t)
 
-    decision = jaxsens.Auto().decide(field, jnp.ones(2), DECAY.ts,
-                                     (jnp.ones(4), control))
-    assert decision.facts["p"] == 24
+    decision = jaxsens.Auto().decide(field, jnp.ones(1), DECAY.ts,
+                                     (jnp.ones(1), control))
+    assert decision.facts["p"] == 5
     assert decision.method == jaxsens.Forward()

@@ -81,7 +81,7 @@ def test_gradient_reaches_arrays_closed_over_by_a_plain_function(method_name):
 
 def test_solution_fields_and_auto_choice():
     sol = jaxsens.solve(LV.field, LV.y0, LV.ts, LV.args)
-    assert isinstance(sol.sensitivity, jaxsens.Forward)  # n + p = 6 ≤ 32
+    assert isinstance(sol.sensitivity, jaxsens.Forward)  # n + p = 6 ≤ 8
     assert sol.ys.shape == (LV.ts.shape[0], 2)
     assert int(sol.stats["num_accepted_steps"]) > 0
     assert sol.result == jaxsens.RESULTS.successful

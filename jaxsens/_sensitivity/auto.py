@@ -74,7 +74,7 @@ class Auto(AbstractSensitivity):
        `expm`, O(n³)) up to `n = linear_dense_max = 2000`, `KrylovExpm()` above that
        or when `A` is only available as a matvec.
     2. Few inputs to differentiate: `Forward()` when `n + p ≤ forward_threshold`
-       (32) with an explicit solver, `≤ forward_threshold_implicit` (64) with an
+       (8) with an explicit solver, `≤ forward_threshold_implicit` (64) with an
        implicit one, whose backward pass is dearer.
        Forward sensitivities carry one tangent per input; with the primal and all
        tangents in one vmapped solve they beat every reverse method while the
@@ -92,16 +92,19 @@ class Auto(AbstractSensitivity):
     `Control`'s values included, trainable or not, but not its sample times);
     arrays a plain-function field closes over are not counted. `n` is counted
     because `y0` may be differentiated; when it is not, `Forward` carries only `p`
-    tangents and is cheaper than estimated — pass `Forward()` yourself for a large state with a
-    handful of parameters. The cost model behind `AutoDecision.estimates` (units:
-    one `Discrete` gradient) is `Forward ≈ forward_base + forward_per_input ·
-    (n + p)` (`forward_per_input_implicit` with an implicit solver), `GaussAdjoint
-    ≈ gauss_factor`, `InterpolatingAdjoint ≈ interpolating_factor`, fitted to the
+    tangents and is cheaper than estimated — pass `Forward()` yourself for a large
+    state with a handful of parameters. The cost model behind
+    `AutoDecision.estimates` (units: one `Discrete` gradient) is `Forward ≈
+    forward_base + forward_per_input · (n + p)` (`forward_base_implicit`,
+    `forward_per_input_implicit` with an implicit solver), `GaussAdjoint ≈
+    gauss_factor`, `InterpolatingAdjoint ≈ interpolating_factor`, fitted to the
     crossover sweep (`python -m bench.crossover`, bench/results/crossover.md). On
-    this 2-core CPU, Forward ÷ Discrete went 0.20 → 1.1 → 1.25 → 2.6 at
-    p = 3, 10, 36, 136 with Tsit5 (20 steps), and 0.25 → 0.83 → 0.86 → 1.2 → 3.6 at
-    n + p = 4, 40, 76, 144, 280 with Kvaerno5 on a stiff family: crossovers near
-    40 and 80, and the thresholds keep `Forward` inside its winning region.
+    this 2-core CPU, since `Discrete` stores every step of small problems, Forward
+    ÷ Discrete went 0.32 → 1.67 → 1.81 → 2.8 at n + p = 4, 12, 40, 144 with Tsit5
+    (~20 steps; it was 0.20 → 1.1 → 1.25 → 2.6 before), and 0.28 → 0.77 at
+    n + p = 4, 40 with Kvaerno5 on a stiff family (1.2 → 3.6 at 144, 280 in the
+    earlier full sweep): crossovers near 8 and 80, and the thresholds keep
+    `Forward` inside its winning region.
 
     **Arguments:**
 
@@ -117,15 +120,16 @@ class Auto(AbstractSensitivity):
     field = lambda t, y, k: -k * y
     y0, ts = jnp.array([1.0]), jnp.linspace(0, 1, 3)
     sol = jaxsens.solve(field, y0, ts, 2.0, sensitivity=jaxsens.Auto())
-    print(jaxsens.Auto().decide(field, y0, ts, 2.0))  # Forward(): n + p = 2 ≤ 32
+    print(jaxsens.Auto().decide(field, y0, ts, 2.0))  # Forward(): n + p = 2 ≤ 8
     ```
     """
 
-    forward_threshold: int = 32
+    forward_threshold: int = 8
     forward_threshold_implicit: int = 64
     linear_dense_max: int = 2000
     # Cost model (units: one Discrete gradient), see the docstring.
-    forward_base: float = 0.3
+    forward_base: float = 0.85
+    forward_base_implicit: float = 0.3
     forward_per_input: float = 0.017
     forward_per_input_implicit: float = 0.009
     gauss_factor: float = 1.5
@@ -168,9 +172,11 @@ class Auto(AbstractSensitivity):
                 facts, {})
 
         k = n + p
-        per_input = (self.forward_per_input_implicit if facts["implicit"]
-                     else self.forward_per_input)
-        rel_forward = self.forward_base + per_input * k
+        if facts["implicit"]:
+            base, per_input = self.forward_base_implicit, self.forward_per_input_implicit
+        else:
+            base, per_input = self.forward_base, self.forward_per_input
+        rel_forward = base + per_input * k
         costs = {"Forward": rel_forward, "Discrete": 1.0,
                  "GaussAdjoint": self.gauss_factor,
                  "InterpolatingAdjoint": self.interpolating_factor}
