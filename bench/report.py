@@ -61,8 +61,9 @@ FINDINGS = """\
   1024-state problem when `max_steps` goes from 4096 to 256. This inflates every
   continuous-adjoint time at large n in these tables (heat: 1.3–10 s, XLA temp
   2.5 GB for Gauss/Interpolating, 7.6 GB for Quadrature).
-- **Robertson (stiff, Kvaerno5)**: Forward ≈ 14 ms, Discrete ≈ 50 ms,
-  the continuous adjoints 66–83 ms; jaxsens's `BacksolveAdjoint` raises (the
+- **Robertson (stiff, Kvaerno5)**: Forward ≈ 10 ms, Discrete ≈ 24 ms (it stores
+  every step of small problems; ≈ 50 ms with recomputation), the continuous
+  adjoints 42–51 ms; jaxsens's `BacksolveAdjoint` raises (the
   backward re-integration diverges) and diffrax's exhausts its step budget.
 - **Tolerance-dominated gradients**: seed 002 at rtol = atol = 1e-6 in float32 is
   30 % off (1 control) / 2 % (100 controls) for every method, diffrax's and
