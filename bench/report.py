@@ -41,7 +41,7 @@ FINDINGS = """\
 - **Linear fields are never time-stepped by Auto, and that is right**: seed 000
   `LinearExpm` ≈ 2.2 ms vs ≈ 13 ms for Discrete/diffrax and an exact gradient
   (time-stepped ones are 4e-3 off at rtol = 1e-6); heat 100×100 `KrylovExpm`
-  ≈ 0.15 s vs ≈ 1.2 s for Discrete/diffrax RCA, whose gradient is **wrong by 8e5**
+  ≈ 0.14 s vs ≈ 1.1 s for Discrete/diffrax RCA, whose gradient is **wrong by 8e5**
   (differentiating the step-size controller at Tsit5's stability limit, see
   results/linear.md).
 - **Silent wrong gradients among the peers**: on seed 000, the UDE and the heat
@@ -51,15 +51,15 @@ FINDINGS = """\
   `BacksolveAdjoint` raises instead on the same problems.
 - **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 27–43 s per gradient on
   seed 000 (results/linear.md and one suite run), vs 2.2 ms for `LinearExpm`.
-- **Long horizon (10^4 steps)**: Discrete, Quadrature and Gauss ≈ 2.4–2.8 s;
-  jaxsens's Backsolve (8.9 s) and Interpolating (8.3 s) are ~3× slower than
-  Discrete, and Backsolve is ~10 % slower than diffrax's (8.1 s). XLA temp buffers:
+- **Long horizon (10^4 steps)**: Discrete, Quadrature and Gauss ≈ 1.4–1.6 s;
+  jaxsens's Backsolve (5.8 s) and Interpolating (7.3 s) are 4–5× slower than
+  Discrete, and Backsolve is 1.3× slower than diffrax's (4.4 s). XLA temp buffers:
   Discrete 0.3 MB, Gauss/Interpolating ≈ 50 MB, Quadrature 177 MB (see
   results/core.md for resident-memory measurements).
 - **Continuous adjoints' buffers are sized by `max_steps`**, and their time
   follows the buffer size (crossover reading): GaussAdjoint 79 ms → 1.7 ms on a
   1024-state problem when `max_steps` goes from 4096 to 256. This inflates every
-  continuous-adjoint time at large n in these tables (heat: 1.3–10 s, XLA temp
+  continuous-adjoint time at large n in these tables (heat: 0.9–5.7 s, XLA temp
   2.5 GB for Gauss/Interpolating, 7.6 GB for Quadrature).
 - **Robertson (stiff, Kvaerno5)**: Forward ≈ 10 ms, Discrete ≈ 24 ms (it stores
   every step of small problems; ≈ 50 ms with recomputation), the continuous
