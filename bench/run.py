@@ -329,14 +329,14 @@ def _child(name, quick, rounds, exclude):
             # Sub-millisecond methods get several calls per round (until
             # ROUND_S is spent), so their median rests on hundreds of calls.
             spent, n = 0.0, 0
-            while sum(rows[m]["times"]) <= budget and (n == 0 or spent < ROUND_S):
+            while n < 50 and (n == 0 or spent < ROUND_S):
+                if sum(rows[m]["times"]) > budget:
+                    break
                 t = time.perf_counter()
                 call()
                 dt = time.perf_counter() - t
                 rows[m]["times"].append(dt)
                 spent, n = spent + dt, n + 1
-                if n >= 50:
-                    break
 
     # Reference gradient.
     ref, ref_name = None, None

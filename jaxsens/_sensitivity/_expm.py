@@ -67,11 +67,10 @@ def _squarings_needed(a, a4, a6):
     alpha = jnp.minimum(alpha, jnp.linalg.norm(a, 1))
     s = jnp.floor(jnp.log2(alpha / _THETA))
     s = jnp.clip(jnp.where(jnp.isfinite(s), s, 0), 0, MAX_SQUARINGS)
-    return lax.stop_gradient(s.astype(jnp.int32))
+    return s.astype(jnp.int32)
 
 
-def _scaled(a, a2, a4, a6, s):
-    c = 0.5 ** s.astype(a.dtype)
+def _scaled(c, a, a2, a4, a6):
     return c * a, c**2 * a2, c**4 * a4, c**6 * a6
 
 
@@ -87,13 +86,14 @@ def _pade13(a, a2, a4, a6):
     return a @ w, v, w, w1, z1
 
 
-def _square(s, x):
-    """`x^(2^s)`: an unrolled run of `lax.cond`s, so that the untaken squarings
-    cost nothing, and under `vmap` (where a `cond` on a batched `s` becomes a
-    `select`) at most 16 products are made, not the 136 of a `switch` over `s`."""
+def _square(s, step, *xs):
+    """`s` squarings, `xs = step(*xs)` each: an unrolled run of `lax.cond`s, so
+    that the untaken squarings cost nothing, and under `vmap` (where a `cond` on
+    a batched `s` becomes a `select`) at most 16 are made, not the 136 of a
+    `switch` over `s`."""
     for j in range(MAX_SQUARINGS):
-        x = lax.cond(j < s, lambda x: x @ x, lambda x: x, x)
-    return x
+        xs = lax.cond(j < s, step, lambda *x: x, *xs)
+    return xs
 
 
 def _left(k):
@@ -112,8 +112,9 @@ def expm(a):
     """`expm(a)` for a square float matrix `a`; NaN if `‖a‖₁` > 7e5."""
     a2, a4, a6 = _powers(a)
     s = _squarings_needed(a, a4, a6)
-    u, v, *_ = _pade13(*_scaled(a, a2, a4, a6, s))
-    return _nan_beyond_range(a, _square(s, jnp.linalg.solve(v - u, u + v)))
+    u, v, *_ = _pade13(*_scaled(0.5 ** s.astype(a.dtype), a, a2, a4, a6))
+    (x,) = _square(s, lambda x: (x @ x,), jnp.linalg.solve(v - u, u + v))
+    return _nan_beyond_range(a, x)
 
 
 def _nan_beyond_range(a, out):
@@ -129,8 +130,9 @@ def _expm_jvp(primals, tangents):
     b = _B
     a2, a4, a6 = _powers(a0)
     s = _squarings_needed(a0, a4, a6)
-    a, a2, a4, a6 = _scaled(a0, a2, a4, a6, s)
-    e = 0.5 ** s.astype(da.dtype) * da
+    c = 0.5 ** s.astype(a0.dtype)
+    a, a2, a4, a6 = _scaled(c, a0, a2, a4, a6)
+    e = c * da
     u, v, w, w1, z1 = _pade13(a, a2, a4, a6)
     left_a, left_a6 = _left(a), _left(a6)
     m2 = left_a(e) + e @ a
@@ -149,6 +151,5 @@ def _expm_jvp(primals, tangents):
     def step(x, dx):
         return x @ x, _left(x)(dx) + dx @ x
 
-    for j in range(MAX_SQUARINGS):
-        r, dr = lax.cond(j < s, step, lambda x, dx: (x, dx), r, dr)
-    return _nan_beyond_range(a0, r), dr
+    x, dx = _square(s, step, r, dr)
+    return _nan_beyond_range(a0, x), dx
