@@ -26,6 +26,14 @@ class RESULTS(eqx.Enumeration):
         "`jaxsens.InterpolatingAdjoint()` (or `QuadratureAdjoint()`/"
         "`GaussAdjoint()`), which never re-integrate `y` backwards."
     )
+    checkpoint_depth_exceeded = (
+        "`InterpolatingAdjoint(checkpoints=K)`: re-solving the intervals between "
+        "checkpoints did not finish. Either an interval still needed more than "
+        "`segment_max_steps` steps after splitting it as often as the checkpoint "
+        "stack allows (steps crowding into a short stretch, e.g. a stiff transient), "
+        "or the re-solves advanced too slowly (a tiny `dt0`, or every step "
+        "rejected). Raise `segment_max_steps` or `checkpoints`."
+    )
     solver_failed = (
         "The solver failed inside a step (e.g. an implicit solver's nonlinear solve "
         "did not converge). Try a smaller `dt0`, tighter tolerances, or another "

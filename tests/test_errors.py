@@ -139,3 +139,13 @@ def test_backsolve_refuses_seed000_instead_of_a_wrong_gradient(seed000):
     ref = jax.jit(jax.grad(lambda p: loss(p, jaxsens.Discrete())))(p)
     assert jnp.all(jnp.isfinite(good))
     assert float(jnp.linalg.norm(good - ref) / jnp.linalg.norm(ref)) < 0.5
+
+
+def test_checkpoint_splitting_runs_out_of_depth():
+    # A tiny first step (dt0) makes every re-solve take several steps, however
+    # short its interval: the split depth (sized from max_steps) runs out.
+    method = jaxsens.InterpolatingAdjoint(checkpoints=2, segment_max_steps=1)
+    loss = lambda k: jnp.sum(jaxsens.solve(  # noqa: E731
+        decay, Y0, TS, k, dt0=1e-9, max_steps=64, sensitivity=method).ys)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="segment_max_steps"):
+        jax.grad(loss)(1.0)

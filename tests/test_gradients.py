@@ -132,3 +132,66 @@ def test_discrete_store_all_equals_recursive_checkpointing():
     recursive = _grad_fn(problem, jaxsens.Discrete(checkpoints=8))(problem.inputs())
     for r, d in zip(recursive, reference(name), strict=True):
         assert rel_err(trainable(r), trainable(d)) < 1e-12, name
+
+
+# --- InterpolatingAdjoint(checkpoints=K): intervals too long for one dense output ----
+# `segment_max_steps` far below the steps between two checkpoints forces the
+# recursive path: every interval is split, the split points' states come from
+# marching re-solves, and only a few steps' dense output exists at a time.
+
+SPLIT = jaxsens.InterpolatingAdjoint(checkpoints=2, segment_max_steps=4)
+
+
+@pytest.mark.parametrize(
+    ("name", "segment"),
+    # Robertson's re-solves reject most first steps: 4 steps would not move.
+    [("lotka_volterra", 4), ("pytree_state", 4), ("robertson_stiff", 16)],
+)
+def test_checkpointed_interpolating_splits_long_intervals(name, segment):
+    problem = PROBLEMS[name]
+    method = jaxsens.InterpolatingAdjoint(checkpoints=2, segment_max_steps=segment)
+    field, y0, args = problem.inputs()
+    sol = jaxsens.solve(field, y0, problem.ts, args, solver=problem.solver,
+                        rtol=problem.tol, atol=problem.tol, max_steps=16**4)
+    # More steps than two intervals' dense outputs hold: the path under test runs.
+    assert int(sol.stats["num_accepted_steps"]) > 2 * segment * method.checkpoints
+    got = _grad_fn(problem, method)(problem.inputs())
+    ref, fd = reference(name), finite_differences(name)
+    for part, g, r, f in zip(("field", "y0", "args"), got, ref, fd, strict=True):
+        g, r, f = trainable(g), trainable(r), trainable(f)
+        assert rel_err(g, r) < problem.rel, (part, "vs Discrete", rel_err(g, r))
+        assert rel_err(g, f) < problem.rel, (part, "vs finite differences", rel_err(g, f))
+
+
+def test_checkpointed_interpolating_split_under_vmap():
+    # Members of a batch split different intervals at different iterations.
+    problem = PROBLEMS["lotka_volterra"]
+    field, y0, args = problem.inputs()
+
+    def grad(y0, method):
+        return jax.grad(lambda y: problem.loss(method, field, y, args))(y0)
+
+    y0s = jnp.stack([y0, 0.5 * y0, jnp.array([2.0, 0.3])])
+    got = eqx.filter_jit(jax.vmap(lambda y: grad(y, SPLIT)))(y0s)
+    loop = jnp.stack([grad(y, jaxsens.Discrete()) for y in y0s])
+    for g, r in zip(got, loop, strict=True):
+        assert rel_err(g, r) < problem.rel
+
+
+def test_checkpointed_interpolating_memory_is_flat_in_max_steps():
+    # The checkpoint stack grows with log(max_steps), the dense output not at all:
+    # XLA's temporaries of the compiled gradient barely move over 100× the budget.
+    problem = PROBLEMS["lotka_volterra"]
+    field, y0, args = problem.inputs()
+    method = jaxsens.InterpolatingAdjoint(checkpoints=16)
+
+    def temp_bytes(max_steps):
+        def loss(y0):
+            return jnp.sum(jaxsens.solve(field, y0, problem.ts, args,
+                                         max_steps=max_steps, sensitivity=method).ys)
+
+        compiled = jax.jit(jax.grad(loss)).lower(y0).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(1_000), temp_bytes(100_000)
+    assert large < 1.5 * small, (small, large)

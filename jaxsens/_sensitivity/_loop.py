@@ -83,18 +83,10 @@ def backward_loop(
     `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info, aux)`. Steps are also
     clipped (with nothing applied) at `stop_times` (ascending in `s`; those
     `≤ s0` are skipped), e.g. the forward solve's step times. `aux =
-    piece_of(s_a, s_b)` (None without `piece_of`) is computed once per step and
+    piece_of(s_a, s_b, k)` (None without `piece_of`; `k` is the number of
+    `stop_times` passed, `stop_times[k - 1] ≤ s_a < stop_times[k]`) is computed once per step and
     handed to `vf(s, z, aux)` and `on_step`.
     """
-    term = dfx.ODETerm(lambda s, z, aux: vf(s, z, aux))
-    aux_of = piece_of if piece_of is not None else (lambda s_a, s_b: None)
-    solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
-    error_order = solver.error_order(term)
-    s1_guess, cstate = controller.init(
-        term, s0, s_end, z0, dt0, aux_of(s0, s0), solver.func, error_order
-    )
-    s1_guess = jnp.minimum(s1_guess, s_end)
-    sstate = solver.init(term, s0, s1_guess, z0, aux_of(s0, s0))
     dtype = jnp.result_type(s0)
     padded = jnp.concatenate([jump_times, jnp.array([jnp.inf], dtype)])
     if stop_times is None:
@@ -102,6 +94,15 @@ def backward_loop(
     else:
         stops = jnp.concatenate([stop_times.astype(dtype), jnp.array([jnp.inf], dtype)])
     k0 = jnp.searchsorted(stops, s0, side="right").astype(jnp.int32)
+    term = dfx.ODETerm(lambda s, z, aux: vf(s, z, aux))
+    aux_of = piece_of if piece_of is not None else (lambda s_a, s_b, k: None)
+    solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
+    error_order = solver.error_order(term)
+    s1_guess, cstate = controller.init(
+        term, s0, s_end, z0, dt0, aux_of(s0, s0, k0), solver.func, error_order
+    )
+    s1_guess = jnp.minimum(s1_guess, s_end)
+    sstate = solver.init(term, s0, s1_guess, z0, aux_of(s0, s0, k0))
 
     def cond(c):
         s, *_, nsteps, _, result = c
@@ -111,7 +112,7 @@ def backward_loop(
         s, s_prop, z, sstate, cstate, j, k, made_jump, extra, nsteps, nacc, result = c
         next_stop = jnp.minimum(jnp.minimum(padded[j], stops[k]), s_end)
         s1 = jnp.minimum(s_prop, next_stop)
-        aux = aux_of(s, s1)
+        aux = aux_of(s, s1, k)
         z1, zerr, dense, sstate1, sres = solver.step(
             term, s, s1, z, aux, sstate, made_jump
         )

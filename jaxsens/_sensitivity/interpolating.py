@@ -1,4 +1,7 @@
+import math
+
 import diffrax as dfx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -14,7 +17,25 @@ from ._common import (
     zeros_like,
 )
 from ._loop import backward_loop, check, rms_norm
-from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
+from .base import (
+    AbstractAdjoint,
+    Problem,
+    diffrax_flags,
+    diffrax_result,
+    diffrax_solve,
+    stats_of,
+)
+
+
+def _where(pred, a, b):
+    return jtu.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _split_depth(max_steps: int, seg_steps: int, split: int) -> int:
+    """Levels of splitting the checkpoint stack makes room for: enough for a
+    forward solve of `max_steps` steps spread evenly, plus two for uneven ones."""
+    ratio = max(max_steps / seg_steps, 1.0)
+    return math.ceil(math.log(ratio) / math.log(split)) + 2
 
 
 class InterpolatingAdjoint(AbstractAdjoint):
@@ -25,12 +46,16 @@ class InterpolatingAdjoint(AbstractAdjoint):
     comes from the forward solve's dense output (no backward re-integration, so it
     is stable on dissipative problems, unlike `BacksolveAdjoint`).
 
-    With `checkpoints=K` only `K + 1` states are stored on the forward pass; the
-    backward pass re-solves `y` forward on each of the `K` intervals (with dense
-    output) just before integrating the adjoint over it: memory O(K + steps/K)
-    instead of O(steps), at the cost of a second forward solve.
+    With `checkpoints=K` only `K + 1` states are stored on the forward pass. The
+    backward pass re-solves `y` forward over each interval between them, with a
+    dense output of at most `segment_max_steps` steps, just before integrating the
+    adjoint over it. An interval that needs more steps is split into `K` parts
+    (recursively, as in revolve-style checkpointing), the parts' start states
+    found by re-solving. Memory is `O(K·log(max_steps)·n)` states plus one dense
+    output of `segment_max_steps` steps: flat in the number of steps taken. Time:
+    one more forward solve per level of splitting (none when each interval fits).
 
-    Like `GaussAdjoint`, its time and memory include the forward dense output,
+    Without checkpoints, its time and memory include the forward dense output,
     which diffrax preallocates for `max_steps` steps (see `GaussAdjoint`'s note).
 
     With an implicit backward solver (`Kvaerno5`), `μ` (one entry per parameter) is
@@ -48,8 +73,8 @@ class InterpolatingAdjoint(AbstractAdjoint):
         2021); fewer steps, same accuracy in `λ`.
     - `max_steps`: the backward step budget (default: twice the forward's plus
         `len(ts)`).
-    - `segment_max_steps`: with checkpoints, the step budget of each interval's
-        forward re-solve (default `max(256, 4 * max_steps // checkpoints)`).
+    - `segment_max_steps`: with checkpoints, the most steps one re-solve keeps as
+        dense output (default 256); longer intervals are split.
 
     Cites: Chen et al. 2018 (neural ODEs); Cao, Li, Petzold & Serban 2003
     (adjoint sensitivity for DAEs); SciMLSensitivity's `InterpolatingAdjoint`.
@@ -82,10 +107,126 @@ class InterpolatingAdjoint(AbstractAdjoint):
                 f"(the number of re-solved intervals) or None, got {self.checkpoints!r}."
             )
 
-    def _segment_steps(self, max_steps):
-        if self.segment_max_steps is not None:
-            return self.segment_max_steps
-        return max(256, 4 * max_steps // self.checkpoints)
+    def _segment_steps(self):
+        return 256 if self.segment_max_steps is None else self.segment_max_steps
+
+    def _checkpointed(self, problem: Problem, residuals, run, z0):
+        """The backward pass from `K + 1` stored states, in constant memory.
+
+        A stack holds checkpoints `(t, y)`; the interval under work is
+        `[T[h], T[h + 1]]`. Each iteration makes one forward solve of at most
+        `segment_max_steps` steps with dense output (its buffer is preallocated once,
+        whatever the length of the whole solve):
+
+        - from `T[h]`: if it reaches `T[h + 1]`, the adjoint is integrated back over
+          the interval on that dense output and the interval is popped. If not, the
+          interval is split into `R` equal parts: their times go on the stack and a
+          *march* starts, filling in their states.
+        - while marching: the solve continues from where the last one stopped; the
+          split points it passes get their states from its dense output. When it
+          reaches the end of the interval, the march is over and the last part is
+          the interval under work.
+
+        Recursive checkpointing (as in revolve): memory `(K + (R - 1)·depth)·n`
+        states plus one dense output of `segment_max_steps` steps, flat in the
+        number of steps; cost: one more forward solve per level of splitting. One
+        solve, traced once, serves both purposes, which keeps compile time down.
+        """
+        opts = problem.options
+        cps, ycps = residuals
+        k = self.checkpoints
+        split = max(k, 2)
+        seg_steps = self._segment_steps()
+        capacity = k + 1 + (split - 1) * _split_depth(opts.max_steps, seg_steps, split)
+        dtype = cps.dtype
+        fractions = jnp.arange(1, split, dtype=dtype) / split
+
+        def pad(x):
+            shape = (capacity - x.shape[0],) + x.shape[1:]
+            return jnp.concatenate([x, jnp.zeros(shape, x.dtype)])
+
+        def at(tree, i):
+            return jtu.tree_map(lambda x: x[i], tree)
+
+        # Each iteration is one re-solve of at most `seg_steps` steps; a bound on
+        # their number ends a march that crawls (a tiny `dt0`, rejected steps).
+        max_iters = 2 * (capacity + 1) * (opts.max_steps // seg_steps + split + 1)
+
+        def cond(c):
+            return (c[2] >= 0) & (c[5] == RESULTS.successful) & (c[9] < max_iters)
+
+        def body(c):
+            stack_t, stack_y, h, z, j, result, marching, t_m, y_m, it = c
+            # While marching, the interval being split ends at T[h + R].
+            end = h + jnp.where(marching, split, 1)
+            a = jnp.where(marching, t_m, stack_t[h])
+            y_a = _where(marching, y_m, at(stack_y, h))
+            b = stack_t[end]
+            sol = diffrax_solve(
+                problem.field, y_a, b[None], problem.args, opts,
+                adjoint=dfx.ForwardMode(), t0=a, max_steps=seg_steps,
+                saveat=dfx.SaveAt(t1=True, dense=True),
+            )
+            reached, too_long = diffrax_flags(sol.result)
+            interp = sol.interpolation
+            leaf = reached & ~marching
+
+            def adjoint(_):
+                # Under vmap both branches run: an empty interval costs nothing.
+                out = run(interp, z, -b, jnp.where(leaf, -a, -b), j, opts.dt0)
+                return out.z, out.jump_index, out.result
+
+            z, j, back_result = lax.cond(
+                leaf, adjoint, lambda _: (z, j, RESULTS.successful), None
+            )
+            # A solve that ran out of steps starts a march (or continues one).
+            start = too_long & ~marching
+            room = h + split < capacity
+            parts = stack_t[h] + (b - stack_t[h]) * fractions
+            new_t = jnp.where(start, jnp.concatenate([parts, b[None]]),
+                              lax.dynamic_slice_in_dim(stack_t, h + 1, split))
+            old_y = jtu.tree_map(lambda x: lax.dynamic_slice_in_dim(x, h + 1, split), stack_y)
+            end_y = jtu.tree_map(lambda x, e: x.at[-1].set(e), old_y, at(stack_y, h + 1))
+            new_y = _where(start, end_y, old_y)
+            # The states of the split points this solve passed.
+            t_stop = interp.ts[jnp.maximum(interp.ts_size - 1, 0)]
+            t_stop = jnp.where(reached, b, t_stop)
+            passed = (new_t > a) & (new_t <= t_stop) & (jnp.arange(split) < split - 1)
+            passed = passed & (marching | start)
+            y_pass = jax.vmap(lambda t: dense_evaluate(interp, t))(new_t)
+            new_y = jtu.tree_map(
+                lambda old, new: jnp.where(
+                    passed.reshape((-1,) + (1,) * (old.ndim - 1)), new, old
+                ),
+                new_y, y_pass,
+            )
+            put = lambda x, new: lax.dynamic_update_slice_in_dim(x, new, h + 1, 0)  # noqa: E731
+            stack_t = put(stack_t, new_t)
+            stack_y = jtu.tree_map(put, stack_y, new_y)
+            march_on = (marching | start) & ~reached
+            march_done = marching & reached
+            t_m = jnp.where(march_on, t_stop, t_m)
+            y_m = _where(march_on, dense_evaluate(interp, t_stop), y_m)
+            h = jnp.where(leaf, h - 1, jnp.where(march_done, h + split - 1, h))
+            status = RESULTS.where(
+                reached | too_long, back_result, RESULTS.solver_failed
+            )
+            # Out of room for a split, or a march that cannot move (every step of a
+            # re-solve rejected): give up rather than loop.
+            stuck = (start & ~room) | (march_on & ~(t_stop > a))
+            status = RESULTS.where(stuck, RESULTS.checkpoint_depth_exceeded, status)
+            return (stack_t, stack_y, h, z, j, status, march_on, t_m, y_m, it + 1)
+
+        init = (
+            pad(cps), jtu.tree_map(pad, ycps), jnp.array(k - 1, jnp.int32), z0,
+            jnp.array(0, jnp.int32), RESULTS.successful, jnp.array(False),
+            cps[0], at(ycps, 0), jnp.array(0, jnp.int32),
+        )
+        out = lax.while_loop(cond, body, init)
+        (lam, mu), result = out[3], out[5]
+        unfinished = (out[2] >= 0) & (result == RESULTS.successful)
+        result = RESULTS.where(unfinished, RESULTS.checkpoint_depth_exceeded, result)
+        return lam, mu, result
 
     def forward(self, problem: Problem):
         opts = problem.options
@@ -142,32 +283,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
             out = run(residuals, z0, jumps.s0, jumps.s_end, 0, problem.options.dt0)
             (lam, mu), result = out.z, out.result
         else:
-            cps, ycps = residuals
-            seg_steps = self._segment_steps(problem.options.max_steps)
-
-            def segment(carry, i):
-                z, j, result = carry
-                y_start = jtu.tree_map(lambda c: c[i], ycps)
-                sol = diffrax_solve(
-                    problem.field, y_start, lax.dynamic_slice_in_dim(cps, i + 1, 1), problem.args,
-                    problem.options, adjoint=dfx.ForwardMode(), t0=cps[i],
-                    saveat=dfx.SaveAt(t1=True, dense=True), max_steps=seg_steps,
-                )
-                out = run(sol.interpolation, z, -cps[i + 1], -cps[i], j, problem.options.dt0)
-                seg_result = diffrax_result(sol.result)
-                seg_result = RESULTS.where(
-                    seg_result == RESULTS.successful,
-                    out.result,
-                    RESULTS.backward_max_steps_reached,
-                )
-                result = RESULTS.where(result == RESULTS.successful, seg_result, result)
-                return (out.z, out.jump_index, result), None
-
-            init = (z0, jnp.array(0, jnp.int32), RESULTS.successful)
-            (z, _, result), _ = lax.scan(
-                segment, init, jnp.arange(self.checkpoints - 1, -1, -1)
-            )
-            lam, mu = z
+            lam, mu, result = self._checkpointed(problem, residuals, run, z0)
         # Attach the check to every output: JAX drops unused outputs (and an error
         # attached only to them) when e.g. only parameter gradients are needed.
         return check((mu, lam), result, problem.options.throw)
