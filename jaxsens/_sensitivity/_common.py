@@ -72,28 +72,41 @@ def dense_index(interp, t):
 
 def piece_of(interp):
     """For `backward_loop(piece_of=...)` with `stop_times=forward_stops(interp)`:
-    the forward step under a backward step `[s_a, s_b]` (which never straddles one),
-    read off the number `k` of forward step times already passed rather than
-    searched for (a binary search is a loop of its own: ~30 % of a backward step
-    on small problems)."""
+    `(index, polynomial)` of the forward step under a backward step `[s_a, s_b]`
+    (which never straddles one). The index is read off the number `k` of forward
+    step times already passed rather than searched for, and the step's polynomial
+    is gathered from the dense output once per backward step, not once per stage
+    (on small problems the gather costs more than the vjp it feeds)."""
     last = interp.ts.shape[0] - 1
     hi = jnp.maximum(interp.ts_size - 2, 0)
-    return lambda s_a, s_b, k: jnp.clip(last - k, 0, hi)
+
+    return lambda s_a, s_b, k: piece_at(interp, jnp.clip(last - k, 0, hi))
 
 
-def dense_evaluate(interp, t, index=None):
-    """`y(t)` from a forward solve's dense output (on forward step `index`, found
-    by search if not given), extrapolating the first/last step's polynomial just
-    outside `[t0, t1]`.
+def piece_at(interp, index):
+    """`(index, polynomial)` of forward step `index`, as `piece_of` gives it."""
+    return index, _polynomial(interp, index)
+
+
+def _polynomial(interp, index):
+    info = jtu.tree_map(lambda x: x[index], interp.infos)
+    return interp.interpolation_cls(
+        t0=interp.ts[index], t1=interp.ts[index + 1], **info
+    )
+
+
+def dense_evaluate(interp, t, piece=None):
+    """`y(t)` from a forward solve's dense output (on `piece` from `piece_of`, or
+    on the forward step found by search), extrapolating the first/last step's
+    polynomial just outside `[t0, t1]`.
 
     diffrax's own `evaluate` returns NaN there, but implicit solvers such as
     `Kvaerno5` place stages outside their step (c > 1), so the backward pass's
     last step looks slightly before `t0`.
     """
-    ts = interp.ts
-    index = dense_index(interp, t) if index is None else index
-    info = jtu.tree_map(lambda x: x[index], interp.infos)
-    return interp.interpolation_cls(t0=ts[index], t1=ts[index + 1], **info).evaluate(t)
+    if piece is None:
+        return _polynomial(interp, dense_index(interp, t)).evaluate(t)
+    return piece[1].evaluate(t)
 
 
 def forward_stops(interp):

@@ -8,6 +8,7 @@ from ._common import (
     Jumps,
     dense_evaluate,
     forward_stops,
+    piece_at,
     piece_of,
     tree_add,
     vjp_y,
@@ -111,7 +112,7 @@ class QuadratureAdjoint(AbstractAdjoint):
         def on_step(store, s_a, s_b, lam_a, lam_b, dense, aux):
             sa, sb, dn, pieces, k = store
             dn = jtu.tree_map(lambda buf, x: buf.at[k].set(x), dn, dense)
-            pieces = pieces.at[k].set(aux.astype(jnp.int32))
+            pieces = pieces.at[k].set(aux[0].astype(jnp.int32))
             return sa.at[k].set(s_a), sb.at[k].set(s_b), dn, pieces, k + 1
 
         out = backward_loop(
@@ -132,7 +133,8 @@ class QuadratureAdjoint(AbstractAdjoint):
             b = jnp.where(valid, take(sb), jumps.s0)
             inc = jax.vmap(
                 lambda a_, b_, d_, p_: node_integral(problem, interp, solver, a_, b_,
-                                                     d_, nodes, weights, p_)
+                                                     d_, nodes, weights,
+                                                     piece_at(interp, p_))
             )(a, b, jtu.tree_map(take, dn), take(pieces))
             return tree_add(mu, jtu.tree_map(lambda g: jnp.sum(g, 0), inc))
 
