@@ -195,3 +195,26 @@ def test_checkpointed_interpolating_memory_is_flat_in_max_steps():
 
     small, large = temp_bytes(1_000), temp_bytes(100_000)
     assert large < 1.5 * small, (small, large)
+
+
+@pytest.mark.parametrize("method_name", [*METHODS, "split checkpoints"])
+def test_t0_before_first_save_time(method_name):
+    # The stretch [t0, ts[0]] has no save time: λ must still be carried across it
+    # (checkpointed: (t0, y0) is the first checkpoint). Exact: the closed form.
+    problem = PROBLEMS["decay"]
+    ts = jnp.linspace(0.5, 2.0, 4)
+    method = SPLIT if method_name == "split checkpoints" else METHODS[method_name]
+
+    def loss(inputs, method):
+        field, y0, b = inputs
+        if method is None:
+            ys = jax.vmap(lambda t: problem.closed_form(field.rate, y0, b, t))(ts)
+        else:
+            ys = jaxsens.solve(field, y0, ts, b, t0=0.0, rtol=1e-10, atol=1e-10,
+                               sensitivity=method).ys
+        return jnp.sum(jnp.sin(1.0 + ys) * ys)
+
+    exact = eqx.filter_grad(loss)(problem.inputs(), None)
+    got = eqx.filter_jit(eqx.filter_grad(loss))(problem.inputs(), method)
+    for part, g, e in zip(("field", "y0", "args"), got, exact, strict=True):
+        assert rel_err(trainable(g), trainable(e)) < 1e-7, part

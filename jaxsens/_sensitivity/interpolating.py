@@ -5,6 +5,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 from .._solution import RESULTS
 from ._common import (
@@ -46,7 +47,9 @@ class InterpolatingAdjoint(AbstractAdjoint):
     comes from the forward solve's dense output (no backward re-integration, so it
     is stable on dissipative problems, unlike `BacksolveAdjoint`).
 
-    With `checkpoints=K` only `K + 1` states are stored on the forward pass. The
+    With `checkpoints=K` no dense output is stored: `K + 1` evenly spread entries
+    of `(t0, y0), (ts[i], ys[i])` serve as checkpoints (SciMLSensitivity also
+    checkpoints at the save times). The
     backward pass re-solves `y` forward over each interval between them, with a
     dense output of at most `segment_max_steps` steps, just before integrating the
     adjoint over it. An interval that needs more steps is split into `K` parts
@@ -133,8 +136,14 @@ class InterpolatingAdjoint(AbstractAdjoint):
         solve, traced once, serves both purposes, which keeps compile time down.
         """
         opts = problem.options
-        cps, ycps = residuals
-        k = self.checkpoints
+        # Checkpoints: K + 1 evenly spread entries of (t0, y0), (ts[i], ys[i]).
+        num = problem.ts.shape[0]
+        picks = np.unique(np.round(np.linspace(0, num, self.checkpoints + 1)).astype(int))
+        cps = jnp.concatenate([opts.t0[None], problem.ts])[picks]
+        ycps = jtu.tree_map(
+            lambda y0, ys: jnp.concatenate([y0[None], ys])[picks], problem.y0, residuals
+        )
+        k = picks.shape[0] - 1
         split = max(k, 2)
         seg_steps = self._segment_steps()
         capacity = k + 1 + (split - 1) * _split_depth(opts.max_steps, seg_steps, split)
@@ -238,16 +247,14 @@ class InterpolatingAdjoint(AbstractAdjoint):
             residuals = sol.interpolation
             ys = sol.ys
         else:
-            cps = jnp.linspace(opts.t0, problem.ts[-1], self.checkpoints + 1)
-            saveat = dfx.SaveAt(
-                subs=[dfx.SubSaveAt(ts=problem.ts), dfx.SubSaveAt(ts=cps)]
-            )
+            # The checkpoints are K + 1 of the saved states (and y0): the forward
+            # solve is a plain one, with no second set of save times to trace.
             sol = diffrax_solve(
                 problem.field, problem.y0, problem.ts, problem.args, opts,
-                adjoint=dfx.ForwardMode(), saveat=saveat,
+                adjoint=dfx.ForwardMode(),
             )
-            ys, ycps = sol.ys
-            residuals = (cps, ycps)
+            ys = sol.ys
+            residuals = ys
         return ys, stats_of(sol), diffrax_result(sol.result), residuals
 
     def backward(self, problem: Problem, residuals, ys_bar):
