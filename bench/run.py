@@ -425,6 +425,9 @@ def meta_info(cmd):
         tv = f", torch {torch.__version__}"
     except ImportError:
         tv = ""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < (os.cpu_count() or 1):
+        cmd = f"taskset -c {','.join(map(str, cpus))} " + cmd  # pinned run
     return {
         "cmd": cmd,
         "date": time.strftime("%Y-%m-%d %H:%M"),
