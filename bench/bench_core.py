@@ -504,7 +504,7 @@ def memory(steps_list, log):
 # --- output ---------------------------------------------------------------------
 
 
-def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta):
+def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta, mem_meta=None):
     lines = [
         "# Core benchmark (issue 2, Speed)",
         "",
@@ -574,6 +574,8 @@ def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta):
             "## Memory: long solve (state 64, 10,336 parameters, "
             "Tsit5 rtol = atol = 1e-6)",
             "",
+            f"Made by `{(mem_meta or meta)['cmd']}` on {(mem_meta or meta)['date']}; "
+            f"jaxsens under test: {(mem_meta or meta)['jaxsens']}. "
             "Each cell from a fresh subprocess. `temp` = XLA `memory_analysis()` "
             "temp buffers of the compiled gradient (what the gradient allocates, "
             "including buffers preallocated from `max_steps`); `run peak` = rise of "
@@ -740,21 +742,25 @@ def main():
     else:
         speed_res, target_res = {}, {}
     mem_steps = [1_000, 10_000] if a.quick else [1_000, 10_000, 100_000]
+    mem_meta = dict(meta, cmd=cmd + " --no-speed")
     if not a.no_memory:
         mem_rows = memory(mem_steps, log)
         with open(mem_json, "w") as fh:
             json.dump(
-                {"rows": [[s, n, r] for (s, n), r in mem_rows.items()], "meta": meta},
+                {"rows": [[s, n, r] for (s, n), r in mem_rows.items()], "meta": mem_meta},
                 fh,
             )
     elif os.path.exists(mem_json):
         with open(mem_json) as fh:
-            mem_rows = {(s, n): r for s, n, r in json.load(fh)["rows"]}
+            d = json.load(fh)
+            mem_rows = {(s, n): r for s, n, r in d["rows"]}
+            mem_meta = d.get("meta", mem_meta)
     else:
         mem_rows = {}
     with open(a.out, "w") as fh:
         fh.write(
-            markdown(meta["cmd"], speed_res, target_res, mem_rows, mem_steps, meta)
+            markdown(meta["cmd"], speed_res, target_res, mem_rows, mem_steps, meta,
+                     mem_meta)
         )
     plots(speed_res, mem_rows)
     log(f"wrote {a.out}")
