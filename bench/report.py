@@ -39,9 +39,9 @@ FINDINGS = """\
 ## Findings (written 2026-11-26 from the runs below; re-check after a re-run)
 
 - **Linear fields are never time-stepped by Auto, and that is right**: seed 000
-  `LinearExpm` ≈ 2.2 ms vs ≈ 13 ms for Discrete/diffrax and an exact gradient
+  `LinearExpm` ≈ 1.75 ms vs ≈ 9–12 ms for Discrete/diffrax and an exact gradient
   (time-stepped ones are 4e-3 off at rtol = 1e-6); heat 100×100 `KrylovExpm`
-  ≈ 0.14 s vs ≈ 1.1 s for Discrete/diffrax RCA, whose gradient is **wrong by 8e5**
+  ≈ 0.13 s vs ≈ 0.86 s for Discrete/diffrax RCA, whose gradient is **wrong by 8e5**
   (differentiating the step-size controller at Tsit5's stability limit, see
   results/linear.md).
 - **Silent wrong gradients among the peers**: on seed 000, the UDE and the heat
@@ -51,24 +51,27 @@ FINDINGS = """\
   `BacksolveAdjoint` raises instead on the same problems.
 - **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 27–43 s per gradient on
   seed 000 (results/linear.md and one suite run), vs 2.2 ms for `LinearExpm`.
-- **Long horizon (10^4 steps)**: Discrete, Quadrature and Gauss ≈ 1.4–1.6 s;
-  jaxsens's Backsolve (5.8 s) and Interpolating (7.3 s) are 4–5× slower than
-  Discrete, and Backsolve is 1.3× slower than diffrax's (4.4 s). XLA temp buffers:
-  Discrete 0.3 MB, Gauss/Interpolating ≈ 50 MB, Quadrature 177 MB (see
-  results/core.md for resident-memory measurements).
+- **Long horizon (10^4 steps)**: Discrete 1.10 s (= diffrax RCA), Gauss 1.24 s,
+  Quadrature 1.46 s; jaxsens's Backsolve (5.2 s), Interpolating (6.4 s) and
+  Interpolating(checkpoints=16) (7.1 s) are 5–6× slower than Discrete, and
+  Backsolve is 1.3× slower than diffrax's (3.9 s). XLA temp buffers: Discrete
+  0.3 MB, checkpointed Interpolating 2.3 MB, Gauss/Interpolating ≈ 50 MB,
+  Quadrature 177 MB (see results/core.md for resident-memory measurements).
 - **Checkpointed memory is flat** (results/core.md, memory case, 10^3 → 10^5
   steps): `InterpolatingAdjoint(checkpoints=16)` 2.32 → 2.34 MB of XLA temporaries
   (was 2.6 → 124 MB before intervals too long for one 256-step dense output were
   split recursively), `BacksolveAdjoint` 1.32 MB throughout, `Discrete` ≤ 1.5 MB.
-  Time is unchanged: 95 s against 97 s at 93,000 forward steps.
+  Time did not suffer: 73 s against 97 s at 93,000 forward steps. On heat2d
+  (n = 10^4) `checkpoints=8` now needs 161 MB instead of 1.25 GB and takes 0.71 s
+  instead of 1.47 s, less than Discrete (0.86 s).
 - **Continuous adjoints' buffers are sized by `max_steps`**, and their time
   follows the buffer size (crossover reading): GaussAdjoint 79 ms → 1.7 ms on a
   1024-state problem when `max_steps` goes from 4096 to 256. This inflates every
-  continuous-adjoint time at large n in these tables (heat: 0.9–5.7 s, XLA temp
+  continuous-adjoint time at large n in these tables (heat: 1.6–10 s, XLA temp
   2.5 GB for Gauss/Interpolating, 7.6 GB for Quadrature).
-- **Robertson (stiff, Kvaerno5)**: Forward ≈ 10 ms, Discrete ≈ 24 ms (it stores
+- **Robertson (stiff, Kvaerno5)**: Forward ≈ 8 ms, Discrete ≈ 18 ms (it stores
   every step of small problems; ≈ 50 ms with recomputation), the continuous
-  adjoints 42–51 ms; jaxsens's `BacksolveAdjoint` raises (the
+  adjoints 23–31 ms (diffrax RCA 25 ms); jaxsens's `BacksolveAdjoint` raises (the
   backward re-integration diverges) and diffrax's exhausts its step budget.
 - **Tolerance-dominated gradients**: seed 002 at rtol = atol = 1e-6 in float32 is
   30 % off (1 control) / 2 % (100 controls) for every method, diffrax's and

@@ -109,11 +109,14 @@ class QuadratureAdjoint(AbstractAdjoint):
             jnp.array(0, jnp.int32),
         )
 
-        def on_step(store, s_a, s_b, lam_a, lam_b, dense, aux):
+        def on_step(store, s_a, s_b, lam_a, lam_b, dense, aux, keep):
+            # Written in place every step; a rejected step's slot is overwritten by
+            # the next one (no select over the whole store).
             sa, sb, dn, pieces, k = store
             dn = jtu.tree_map(lambda buf, x: buf.at[k].set(x), dn, dense)
             pieces = pieces.at[k].set(aux[0].astype(jnp.int32))
-            return sa.at[k].set(s_a), sb.at[k].set(s_b), dn, pieces, k + 1
+            k_next = k + keep.astype(k.dtype)
+            return sa.at[k].set(s_a), sb.at[k].set(s_b), dn, pieces, k_next
 
         out = backward_loop(
             vf=vf, z0=lam0, s0=jumps.s0, s_end=jumps.s_end,
@@ -121,6 +124,7 @@ class QuadratureAdjoint(AbstractAdjoint):
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
             max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=store0,
             stop_times=forward_stops(interp), piece_of=piece_of(interp),
+            on_step_masks=True,
         )
         sa, sb, dn, pieces, count = out.extra
 
