@@ -134,12 +134,19 @@ def test_jvp_jacfwd_hessian(method_name, fd_hessian):
     assert rel_err(hess, hess.T) < 1e-8
 
 
-@pytest.mark.parametrize(
-    "method_name",
-    ["BacksolveAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint", "GaussAdjoint"],
-)
+# The checkpointed adjoint's splitting path (a while loop of re-solves and conds)
+# must be forward-differentiable too.
+HVP_METHODS = {
+    **{m: METHODS[m] for m in ("BacksolveAdjoint", "InterpolatingAdjoint",
+                               "QuadratureAdjoint", "GaussAdjoint")},
+    "InterpolatingAdjoint(checkpoints=2, split)": jaxsens.InterpolatingAdjoint(
+        checkpoints=2, segment_max_steps=4),
+}
+
+
+@pytest.mark.parametrize("method_name", list(HVP_METHODS))
 def test_hessian_vector_product_forward_over_adjoint(method_name, fd_hessian):
-    method = METHODS[method_name]
+    method = HVP_METHODS[method_name]
     p = LV.field.alpha_beta
     grad = jax.grad(lambda p: lv_loss(method, p, LV.y0, LV.args))
     v = jnp.array([0.3, -0.7])
