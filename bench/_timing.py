@@ -9,10 +9,21 @@ tracing and XLA compilation. Timings on a shared machine are noisy: report
 medians, and ratios of peers measured in the same process.
 """
 
+import os
 import statistics
 import time
 
 import jax
+
+
+def pinned(cmd: str) -> str:
+    """`cmd` as it was run: prefixed with `taskset -c …` when this process is
+    pinned to fewer than all cores. On 2 shared cores warm times were bimodal
+    (XLA's threads migrating between cores); pinned to one, they are not."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < (os.cpu_count() or 1):
+        return f"taskset -c {','.join(map(str, cpus))} {cmd}"
+    return cmd
 
 
 def time_fn(fn, *args, repeats: int = 20, min_time: float | None = None):

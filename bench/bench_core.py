@@ -50,7 +50,7 @@ from jax.experimental.ode import odeint  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import jaxsens  # noqa: E402
-from bench._timing import fmt_s, time_fn  # noqa: E402
+from bench._timing import fmt_s, pinned, time_fn  # noqa: E402
 from bench.problems import core as problems  # noqa: E402
 
 
@@ -701,11 +701,7 @@ def main():
     os.makedirs(RESULTS_DIR, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
     cmd = "/work/venv/bin/python bench/bench_core.py" + (" --quick" if a.quick else "")
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < (os.cpu_count() or 1):
-        # One core for the whole run (`taskset -c 1 ...`): on 2 shared cores the
-        # warm times were bimodal (XLA's threads migrating), pinned they are not.
-        cmd = f"taskset -c {','.join(map(str, cpus))} " + cmd
+    cmd = pinned(cmd)
     # Each part is saved as JSON, so `--no-speed` / `--no-memory` runs re-use the
     # other part's last results when writing the markdown.
     speed_json = os.path.join(RESULTS_DIR, "core_speed.json")

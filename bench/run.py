@@ -425,11 +425,10 @@ def meta_info(cmd):
         tv = f", torch {torch.__version__}"
     except ImportError:
         tv = ""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < (os.cpu_count() or 1):
-        cmd = f"taskset -c {','.join(map(str, cpus))} " + cmd  # pinned run
+    from bench._timing import pinned
+
     return {
-        "cmd": cmd,
+        "cmd": pinned(cmd),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()} — shared with other engineers' jobs",

@@ -74,18 +74,16 @@ def backward_loop(
     extra0: PyTree = None,
     stop_times: Array | None = None,
     piece_of: Callable | None = None,
-    on_step_masks: bool = False,
 ) -> LoopOutput:
     """Integrate `dz/ds = vf(s, z, aux)` from `s0` to `s_end` (`s0 < s_end`).
 
     Steps are clipped to land exactly on each `jump_times[j]` (ascending, in `s`),
     for `j` from `jump_index` up to `num_jumps - 1`; on arrival
-    `(z, extra) = jump_fn(z, extra, j)`. After every accepted step
-    `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info, aux)`; with
-    `on_step_masks=True` it is called after every step, accepted or not, as
-    `on_step(..., aux, keep)` and must itself discard a step with `keep` false
-    (e.g. write a store's next slot but advance its counter only if `keep`), so
-    that a large store is not selected whole at every step. Steps are also
+    `(z, extra) = jump_fn(z, extra, j)`. After every step, accepted or not,
+    `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info, aux, keep)`; it must
+    itself discard a step with `keep` false (e.g. write a store's next slot but
+    advance its counter only if `keep`), so that a large store is not selected
+    whole at every step. Steps are also
     clipped (with nothing applied) at `stop_times` (ascending in `s`; those
     `≤ s0` are skipped), e.g. the forward solve's step times. `aux =
     piece_of(s_a, s_b, k)` (None without `piece_of`; `k` is the number of
@@ -130,11 +128,8 @@ def backward_loop(
         )
         ok = sres == dfx.RESULTS.successful
         keep = keep & ok
-        if on_step is not None and on_step_masks:
+        if on_step is not None:
             extra = on_step(extra, s, s1, z, z1, dense, aux, keep)
-        elif on_step is not None:
-            extra_new = on_step(extra, s, s1, z, z1, dense, aux)
-            extra = _where(keep, extra_new, extra)
         z_new = _where(keep, z1, z)
         hit = keep & (s1 == padded[j]) & (j < num_jumps)
         z_jump, extra_jump = jump_fn(z_new, extra, jnp.minimum(j, num_jumps - 1))

@@ -100,10 +100,10 @@ class GaussAdjoint(AbstractAdjoint):
         def jump_fn(lam, mu, j):
             return tree_add(lam, jumps.cotangent(j)), mu
 
-        def on_step(mu, s_a, s_b, lam_a, lam_b, dense, aux):
+        def on_step(mu, s_a, s_b, lam_a, lam_b, dense, aux, keep):
             inc = node_integral(problem, interp, solver, s_a, s_b, dense, nodes,
                                 weights, aux)
-            return tree_add(mu, inc)
+            return tree_add(mu, jtu.tree_map(lambda g: jnp.where(keep, g, 0), inc))
 
         out = backward_loop(
             vf=vf, z0=jumps.initial(), s0=jumps.s0, s_end=jumps.s_end,

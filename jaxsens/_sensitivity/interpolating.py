@@ -17,7 +17,7 @@ from ._common import (
     vjp_y_and_params,
     zeros_like,
 )
-from ._loop import backward_loop, check, rms_norm
+from ._loop import _where, backward_loop, check, rms_norm
 from .base import (
     AbstractAdjoint,
     Problem,
@@ -26,10 +26,6 @@ from .base import (
     diffrax_solve,
     stats_of,
 )
-
-
-def _where(pred, a, b):
-    return jtu.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
 def _split_depth(max_steps: int, seg_steps: int, split: int) -> int:

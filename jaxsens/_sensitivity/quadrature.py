@@ -124,7 +124,6 @@ class QuadratureAdjoint(AbstractAdjoint):
             jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=rms_norm,
             max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=store0,
             stop_times=forward_stops(interp), piece_of=piece_of(interp),
-            on_step_masks=True,
         )
         sa, sb, dn, pieces, count = out.extra
 
