@@ -9,7 +9,6 @@ from ._common import (
     forward_stops,
     piece_of,
     tree_add,
-    vjp_params,
     vjp_y,
     zeros_like,
 )
@@ -17,22 +16,40 @@ from ._loop import backward_loop, check, gauss_legendre, rms_norm
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 
 
-def node_integral(problem, interp, solver, s_a, s_b, dense, nodes, weights,
-                  piece=None):
-    """`∫_{s_a}^{s_b} f_θᵀλ ds` by Gauss–Legendre on one backward step.
-
-    `λ` at the nodes comes from the backward step's own interpolant, `y` from the
-    forward dense output; all nodes go through ONE vmapped vjp of the field.
-    """
+def step_nodes(interp, solver, s_a, s_b, dense, nodes, weights, piece=None):
+    """The Gauss–Legendre nodes of one backward step `[s_a, s_b]`: `(t, y, wλ)`
+    with a leading axis of length `len(nodes)`, where `wλ` is `λ` (from the step's
+    own interpolant) times the node's weight and the step length, and `y` comes
+    from the forward dense output."""
     h = s_b - s_a
     s_nodes = s_a + nodes * h
     local = solver.interpolation_cls(t0=s_a, t1=s_b, **dense)
     lams = jax.vmap(local.evaluate)(s_nodes)
     ys = jax.vmap(lambda t: dense_evaluate(interp, t, piece))(-s_nodes)
-    grads = jax.vmap(lambda s, y, lam: vjp_params(problem, -s, y, lam))(
-        s_nodes, ys, lams
+    wh = weights * h
+    lams = jtu.tree_map(lambda x: wh.reshape((-1,) + (1,) * (x.ndim - 1)) * x, lams)
+    return -s_nodes, ys, lams
+
+
+def weighted_param_vjp(problem, ts, ys, lams):
+    """`Σ_i f_θ(t_i, y_i)ᵀ λ_i` over a batch of nodes (leading axis), as ONE vjp of
+    the field vmapped over the nodes with θ shared: the sum over the batch is the
+    transpose of θ's broadcast, so per-node parameter cotangents are never
+    materialised (for a dense layer the sum is one matmul)."""
+    _, vjp = jax.vjp(
+        lambda d: jax.vmap(lambda t, y: problem.f(t, y, d))(ts, ys), problem.diff
     )
-    return jtu.tree_map(lambda g: jnp.tensordot(weights * h, g, axes=1), grads)
+    (g,) = vjp(lams)
+    return g
+
+
+def node_integral(problem, interp, solver, s_a, s_b, dense, nodes, weights,
+                  piece=None):
+    """`∫_{s_a}^{s_b} f_θᵀλ ds` by Gauss–Legendre on one backward step (`λ` from
+    the step's own interpolant, `y` from the forward dense output)."""
+    return weighted_param_vjp(
+        problem, *step_nodes(interp, solver, s_a, s_b, dense, nodes, weights, piece)
+    )
 
 
 class GaussAdjoint(AbstractAdjoint):

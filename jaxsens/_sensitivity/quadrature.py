@@ -16,7 +16,7 @@ from ._common import (
 )
 from ._loop import backward_loop, check, gauss_legendre, prepare_solver, rms_norm
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
-from .gauss import node_integral
+from .gauss import step_nodes, weighted_param_vjp
 
 
 class QuadratureAdjoint(AbstractAdjoint):
@@ -134,12 +134,14 @@ class QuadratureAdjoint(AbstractAdjoint):
             valid = jnp.arange(self.chunk) + i < count
             a = jnp.where(valid, take(sa), jumps.s0)
             b = jnp.where(valid, take(sb), jumps.s0)
-            inc = jax.vmap(
-                lambda a_, b_, d_, p_: node_integral(problem, interp, solver, a_, b_,
-                                                     d_, nodes, weights,
-                                                     piece_at(interp, p_))
+            t, y, lam = jax.vmap(
+                lambda a_, b_, d_, p_: step_nodes(interp, solver, a_, b_, d_, nodes,
+                                                  weights, piece_at(interp, p_))
             )(a, b, jtu.tree_map(take, dn), take(pieces))
-            return tree_add(mu, jtu.tree_map(lambda g: jnp.sum(g, 0), inc))
+            # chunk × nodes points through one vjp of the batched field.
+            merge = lambda x: x.reshape((-1,) + x.shape[2:])
+            t, y, lam = jtu.tree_map(merge, (t, y, lam))
+            return tree_add(mu, weighted_param_vjp(problem, t, y, lam))
 
         n_chunks = (count + self.chunk - 1) // self.chunk
         mu = lax.fori_loop(0, n_chunks, integrate_chunk, zeros_like(problem.diff))
