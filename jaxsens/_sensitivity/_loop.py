@@ -15,6 +15,7 @@ import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, PyTree
 
 from .._solution import RESULTS
@@ -48,6 +49,42 @@ class LoopOutput(eqx.Module):
     num_accepted: Array
     result: Array
     dt: Array
+
+
+class FlatState:
+    """A PyTree state as ONE flat vector, for the backward loop.
+
+    diffrax's Runge–Kutta step does its stage arithmetic leaf by leaf, so a
+    backward state of several leaves (`(y, λ, μ)`, with `μ` shaped like every
+    trainable leaf) costs that many small ops per stage; on a small problem they,
+    not the vjps, set the time of a step. Raveled, each stage is one op per
+    combination. Left as is when it is already one vector or its leaves differ in
+    dtype (raveling would promote them).
+    """
+
+    def __init__(self, like: PyTree):
+        leaves, self.treedef = jtu.tree_flatten(like)
+        self.shapes = [jnp.shape(x) for x in leaves]
+        dtypes = {jnp.result_type(x) for x in leaves}
+        self.dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
+        one_vector = len(leaves) == 1 and len(self.shapes[0]) == 1
+        self.active = self.dtype is not None and not one_vector
+        self.splits = np.cumsum([int(np.prod(s)) for s in self.shapes])[:-1]
+
+    def ravel(self, tree: PyTree) -> PyTree:
+        if not self.active:
+            return tree
+        return jnp.concatenate(
+            [jnp.ravel(x).astype(self.dtype) for x in jtu.tree_leaves(tree)]
+        )
+
+    def unravel(self, flat: PyTree) -> PyTree:
+        if not self.active:
+            return flat
+        parts = jnp.split(flat, self.splits)
+        return jtu.tree_unflatten(
+            self.treedef, [p.reshape(s) for p, s in zip(parts, self.shapes, strict=True)]
+        )
 
 
 def _where(pred, a, b):
@@ -89,6 +126,10 @@ def backward_loop(
     piece_of(s_a, s_b, k)` (None without `piece_of`; `k` is the number of
     `stop_times` passed, `stop_times[k - 1] ≤ s_a < stop_times[k]`) is computed once per step and
     handed to `vf(s, z, aux)` and `on_step`.
+
+    The solver steps `FlatState(z0)`'s flat vector; `vf`, `jump_fn`, `norm`,
+    `on_step` and the output see `z` as a PyTree like `z0`, except `dense_info`,
+    which is the flat state's (`FlatState(z0).unravel` a value of its interpolant).
     """
     dtype = jnp.result_type(s0)
     padded = jnp.concatenate([jump_times, jnp.array([jnp.inf], dtype)])
@@ -97,7 +138,11 @@ def backward_loop(
     else:
         stops = jnp.concatenate([stop_times.astype(dtype), jnp.array([jnp.inf], dtype)])
     k0 = jnp.searchsorted(stops, s0, side="right").astype(jnp.int32)
-    term = dfx.ODETerm(lambda s, z, aux: vf(s, z, aux))
+    flat = FlatState(z0)
+    z0 = flat.ravel(z0)
+    user_norm = norm
+    norm = lambda z: user_norm(flat.unravel(z))  # noqa: E731
+    term = dfx.ODETerm(lambda s, z, aux: flat.ravel(vf(s, flat.unravel(z), aux)))
     aux_of = piece_of if piece_of is not None else (lambda s_a, s_b, k: None)
     solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
     error_order = solver.error_order(term)
@@ -129,11 +174,15 @@ def backward_loop(
         ok = sres == dfx.RESULTS.successful
         keep = keep & ok
         if on_step is not None:
-            extra = on_step(extra, s, s1, z, z1, dense, aux, keep)
+            extra = on_step(
+                extra, s, s1, flat.unravel(z), flat.unravel(z1), dense, aux, keep
+            )
         z_new = _where(keep, z1, z)
         hit = keep & (s1 == padded[j]) & (j < num_jumps)
-        z_jump, extra_jump = jump_fn(z_new, extra, jnp.minimum(j, num_jumps - 1))
-        z_new = _where(hit, z_jump, z_new)
+        z_jump, extra_jump = jump_fn(
+            flat.unravel(z_new), extra, jnp.minimum(j, num_jumps - 1)
+        )
+        z_new = _where(hit, flat.ravel(z_jump), z_new)
         extra = _where(hit, extra_jump, extra)
         # A step clipped to a save time must not shrink the steps after it.
         dt_next = next_s1 - next_s0
@@ -187,7 +236,7 @@ def backward_loop(
         RESULTS.backward_max_steps_reached,
         result,
     )
-    return LoopOutput(z, extra, j, nsteps, nacc, result, s_prop - s)
+    return LoopOutput(flat.unravel(z), extra, j, nsteps, nacc, result, s_prop - s)
 
 
 # diffrax's "take this tolerance from the step-size controller" marker, obtained

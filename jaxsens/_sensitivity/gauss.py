@@ -12,19 +12,19 @@ from ._common import (
     vjp_y,
     zeros_like,
 )
-from ._loop import backward_loop, check, gauss_legendre, rms_norm
+from ._loop import FlatState, backward_loop, check, gauss_legendre, rms_norm
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 
 
-def step_nodes(interp, solver, s_a, s_b, dense, nodes, weights, piece=None):
+def step_nodes(interp, solver, s_a, s_b, dense, nodes, weights, piece, unravel):
     """The Gauss–Legendre nodes of one backward step `[s_a, s_b]`: `(t, y, wλ)`
     with a leading axis of length `len(nodes)`, where `wλ` is `λ` (from the step's
-    own interpolant) times the node's weight and the step length, and `y` comes
-    from the forward dense output."""
+    own interpolant of the loop's flat state, `unravel`ed) times the node's weight
+    and the step length, and `y` comes from the forward dense output."""
     h = s_b - s_a
     s_nodes = s_a + nodes * h
     local = solver.interpolation_cls(t0=s_a, t1=s_b, **dense)
-    lams = jax.vmap(local.evaluate)(s_nodes)
+    lams = jax.vmap(lambda s: unravel(local.evaluate(s)))(s_nodes)
     ys = jax.vmap(lambda t: dense_evaluate(interp, t, piece))(-s_nodes)
     wh = weights * h
     lams = jtu.tree_map(lambda x: wh.reshape((-1,) + (1,) * (x.ndim - 1)) * x, lams)
@@ -41,15 +41,6 @@ def weighted_param_vjp(problem, ts, ys, lams):
     )
     (g,) = vjp(lams)
     return g
-
-
-def node_integral(problem, interp, solver, s_a, s_b, dense, nodes, weights,
-                  piece=None):
-    """`∫_{s_a}^{s_b} f_θᵀλ ds` by Gauss–Legendre on one backward step (`λ` from
-    the step's own interpolant, `y` from the forward dense output)."""
-    return weighted_param_vjp(
-        problem, *step_nodes(interp, solver, s_a, s_b, dense, nodes, weights, piece)
-    )
 
 
 class GaussAdjoint(AbstractAdjoint):
@@ -110,6 +101,7 @@ class GaussAdjoint(AbstractAdjoint):
         solver, rtol, atol, max_steps = self.backward_settings(problem)
         jumps = Jumps(problem, ys_bar)
         nodes, weights = gauss_legendre(self.nodes, jnp.result_type(problem.ts))
+        unravel = FlatState(jumps.initial()).unravel
 
         def vf(s, lam, piece):
             return vjp_y(problem, -s, dense_evaluate(interp, -s, piece), lam)
@@ -118,8 +110,8 @@ class GaussAdjoint(AbstractAdjoint):
             return tree_add(lam, jumps.cotangent(j)), mu
 
         def on_step(mu, s_a, s_b, lam_a, lam_b, dense, aux, keep):
-            inc = node_integral(problem, interp, solver, s_a, s_b, dense, nodes,
-                                weights, aux)
+            inc = weighted_param_vjp(problem, *step_nodes(
+                interp, solver, s_a, s_b, dense, nodes, weights, aux, unravel))
             return tree_add(mu, jtu.tree_map(lambda g: jnp.where(keep, g, 0), inc))
 
         out = backward_loop(

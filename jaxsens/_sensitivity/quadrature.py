@@ -14,7 +14,14 @@ from ._common import (
     vjp_y,
     zeros_like,
 )
-from ._loop import backward_loop, check, gauss_legendre, prepare_solver, rms_norm
+from ._loop import (
+    FlatState,
+    backward_loop,
+    check,
+    gauss_legendre,
+    prepare_solver,
+    rms_norm,
+)
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 from .gauss import step_nodes, weighted_param_vjp
 
@@ -91,14 +98,18 @@ class QuadratureAdjoint(AbstractAdjoint):
         def jump_fn(lam, store, j):
             return tree_add(lam, jumps.cotangent(j)), store
 
-        term = dfx.ODETerm(lambda s, lam, _: vf(s, lam, None))
         lam0 = jumps.initial()
+        flat = FlatState(lam0)
+        # The loop steps λ as one flat vector; its dense output is stored as such.
+        term = dfx.ODETerm(
+            lambda s, lam, _: flat.ravel(vf(s, flat.unravel(lam), None))
+        )
         step_solver, _ = prepare_solver(solver, rtol, atol, problem.options.dt0)
         s1 = jumps.s0 + 1e-3
         dense_shape = jax.eval_shape(
             lambda: step_solver.step(
-                term, jumps.s0, s1, lam0, None,
-                step_solver.init(term, jumps.s0, s1, lam0, None), False,
+                term, jumps.s0, s1, flat.ravel(lam0), None,
+                step_solver.init(term, jumps.s0, s1, flat.ravel(lam0), None), False,
             )[2]
         )
         store0 = (
@@ -136,7 +147,8 @@ class QuadratureAdjoint(AbstractAdjoint):
             b = jnp.where(valid, take(sb), jumps.s0)
             t, y, lam = jax.vmap(
                 lambda a_, b_, d_, p_: step_nodes(interp, solver, a_, b_, d_, nodes,
-                                                  weights, piece_at(interp, p_))
+                                                  weights, piece_at(interp, p_),
+                                                  flat.unravel)
             )(a, b, jtu.tree_map(take, dn), take(pieces))
             # chunk × nodes points through one vjp of the batched field.
             merge = lambda x: x.reshape((-1,) + x.shape[2:])
