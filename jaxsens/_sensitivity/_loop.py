@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -42,6 +43,7 @@ def seminorm(select: Callable[[PyTree], PyTree]) -> Callable[[PyTree], Array]:
 
 
 class LoopOutput(eqx.Module):
+    s: Array
     z: PyTree
     extra: PyTree
     jump_index: Array
@@ -236,7 +238,22 @@ def backward_loop(
         RESULTS.backward_max_steps_reached,
         result,
     )
-    return LoopOutput(flat.unravel(z), extra, j, nsteps, nacc, result, s_prop - s)
+    return LoopOutput(s, flat.unravel(z), extra, j, nsteps, nacc, result, s_prop - s)
+
+
+def dense_info_like(solver, rtol, atol, dt0, vf, s0, z0):
+    """The `dense_info` one step of `backward_loop` hands to `on_step` (shapes and
+    dtypes only), for preallocating a store of them."""
+    flat = FlatState(z0)
+    z0 = flat.ravel(z0)
+    term = dfx.ODETerm(lambda s, z, _: flat.ravel(vf(s, flat.unravel(z), None)))
+    step_solver, _ = prepare_solver(solver, rtol, atol, dt0)
+    s1 = s0 + 1e-3
+    return jax.eval_shape(
+        lambda: step_solver.step(
+            term, s0, s1, z0, None, step_solver.init(term, s0, s1, z0, None), False
+        )[2]
+    )
 
 
 # diffrax's "take this tolerance from the step-size controller" marker, obtained

@@ -1,11 +1,13 @@
 import math
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jaxtyping import Array, PyTree
 
 from .._solution import RESULTS
 from ._common import (
@@ -17,11 +19,10 @@ from ._common import (
     vjp_y_and_params,
     zeros_like,
 )
-from ._loop import _where, backward_loop, check, rms_norm
+from ._loop import FlatState, _where, backward_loop, check, dense_info_like, rms_norm
 from .base import (
     AbstractAdjoint,
     Problem,
-    diffrax_flags,
     diffrax_result,
     diffrax_solve,
     stats_of,
@@ -33,6 +34,59 @@ def _split_depth(max_steps: int, seg_steps: int, split: int) -> int:
     forward solve of `max_steps` steps spread evenly, plus two for uneven ones."""
     ratio = max(max_steps / seg_steps, 1.0)
     return math.ceil(math.log(ratio) / math.log(split)) + 2
+
+
+class _Dense(eqx.Module):
+    """The dense output of a re-solve, shaped as diffrax's `DenseInterpolation`
+    for `piece_of`/`dense_evaluate`/`forward_stops`: `ts` (unused tail `+inf`),
+    the number `ts_size` of valid times, one `infos` entry per step, and the
+    solver's `interpolation_cls`; its values are `FlatState(y).ravel`ed."""
+
+    ts: Array
+    ts_size: Array
+    infos: PyTree
+    interpolation_cls: type = eqx.field(static=True)
+
+
+def _resolve(problem: Problem, y_a, a, b, steps: int):
+    """`y` re-solved from `(a, y_a)` towards `b` in at most `steps` steps, with its
+    dense output: `(dense, unravel, y_end, t_end, reached, too_long)`.
+
+    Driven by `backward_loop` (its time runs forward here; no jumps), which keeps
+    each step's dense information in a buffer of `steps` entries. A second
+    `diffeqsolve` would do the same, but costs ~0.5 s more to compile.
+    """
+    opts = problem.options
+    dtype = jnp.result_type(problem.ts)
+    flat = FlatState(y_a)
+
+    def vf(t, y, aux):
+        del aux
+        return problem.f(t, y)
+
+    like = dense_info_like(opts.solver, opts.rtol, opts.atol, opts.dt0, vf, a, y_a)
+    ts0 = jnp.full(steps + 1, jnp.inf, dtype).at[0].set(a)
+    infos0 = jtu.tree_map(lambda x: jnp.zeros((steps,) + x.shape, x.dtype), like)
+
+    def on_step(store, t_a, t_b, y0_, y1_, dense, aux, keep):
+        # Slot `k` is overwritten until its step is accepted.
+        ts, infos, k = store
+        infos = jtu.tree_map(lambda buf, x: buf.at[k].set(x), infos, dense)
+        ts = ts.at[k + 1].set(jnp.where(keep, t_b, jnp.inf))
+        return ts, infos, k + keep.astype(k.dtype)
+
+    out = backward_loop(
+        vf=vf, z0=y_a, s0=a, s_end=b, jump_times=jnp.zeros((0,), dtype),
+        num_jumps=0, jump_index=0, jump_fn=lambda z, e, j: (z, e),
+        solver=opts.solver, rtol=opts.rtol, atol=opts.atol, norm=rms_norm,
+        max_steps=steps, dt0=opts.dt0, on_step=on_step,
+        extra0=(ts0, infos0, jnp.array(0, jnp.int32)),
+    )
+    ts, infos, count = out.extra
+    dense = _Dense(ts, count + 1, infos, opts.solver.interpolation_cls)
+    reached = (out.result == RESULTS.successful) & (out.s >= b)
+    too_long = out.result == RESULTS.backward_max_steps_reached
+    return dense, flat.unravel, out.z, out.s, reached, too_long
 
 
 class InterpolatingAdjoint(AbstractAdjoint):
@@ -167,18 +221,14 @@ class InterpolatingAdjoint(AbstractAdjoint):
             a = jnp.where(marching, t_m, stack_t[h])
             y_a = _where(marching, y_m, at(stack_y, h))
             b = stack_t[end]
-            sol = diffrax_solve(
-                problem.field, y_a, b[None], problem.args, opts,
-                adjoint=dfx.ForwardMode(), t0=a, max_steps=seg_steps,
-                saveat=dfx.SaveAt(t1=True, dense=True),
+            interp, unravel, y_end, t_end, reached, too_long = _resolve(
+                problem, y_a, a, b, seg_steps
             )
-            reached, too_long = diffrax_flags(sol.result)
-            interp = sol.interpolation
             leaf = reached & ~marching
 
             def adjoint(_):
                 # Under vmap both branches run: an empty interval costs nothing.
-                out = run(interp, z, -b, jnp.where(leaf, -a, -b), j, opts.dt0)
+                out = run(interp, z, -b, jnp.where(leaf, -a, -b), j, opts.dt0, unravel)
                 return out.z, out.jump_index, out.result
 
             z, j, back_result = lax.cond(
@@ -194,11 +244,10 @@ class InterpolatingAdjoint(AbstractAdjoint):
             end_y = jtu.tree_map(lambda x, e: x.at[-1].set(e), old_y, at(stack_y, h + 1))
             new_y = _where(start, end_y, old_y)
             # The states of the split points this solve passed.
-            t_stop = interp.ts[jnp.maximum(interp.ts_size - 1, 0)]
-            t_stop = jnp.where(reached, b, t_stop)
+            t_stop = jnp.where(reached, b, t_end)
             passed = (new_t > a) & (new_t <= t_stop) & (jnp.arange(split) < split - 1)
             passed = passed & (marching | start)
-            y_pass = jax.vmap(lambda t: dense_evaluate(interp, t))(new_t)
+            y_pass = jax.vmap(lambda t: unravel(dense_evaluate(interp, t)))(new_t)
             new_y = jtu.tree_map(
                 lambda old, new: jnp.where(
                     passed.reshape((-1,) + (1,) * (old.ndim - 1)), new, old
@@ -211,7 +260,7 @@ class InterpolatingAdjoint(AbstractAdjoint):
             march_on = (marching | start) & ~reached
             march_done = marching & reached
             t_m = jnp.where(march_on, t_stop, t_m)
-            y_m = _where(march_on, dense_evaluate(interp, t_stop), y_m)
+            y_m = _where(march_on, y_end, y_m)
             h = jnp.where(leaf, h - 1, jnp.where(march_done, h + split - 1, h))
             status = RESULTS.where(
                 reached | too_long, back_result, RESULTS.solver_failed
@@ -258,11 +307,11 @@ class InterpolatingAdjoint(AbstractAdjoint):
         jumps = Jumps(problem, ys_bar)
         norm = (lambda z: rms_norm(z[0])) if self.seminorm else rms_norm
 
-        def make_vf(interp):
+        def make_vf(interp, unravel):
             def vf(s, z, piece):
                 lam, _ = z
                 t = -s
-                y = dense_evaluate(interp, t, piece)
+                y = unravel(dense_evaluate(interp, t, piece))
                 _, lam_y, lam_d = vjp_y_and_params(problem, t, y, lam)
                 return lam_y, lam_d
 
@@ -272,9 +321,9 @@ class InterpolatingAdjoint(AbstractAdjoint):
             lam, mu = z
             return (tree_add(lam, jumps.cotangent(j)), mu), extra
 
-        def run(interp, z0, s0, s_end, j, dt0):
+        def run(interp, z0, s0, s_end, j, dt0, unravel=lambda y: y):
             return backward_loop(
-                vf=make_vf(interp), z0=z0, s0=s0, s_end=s_end,
+                vf=make_vf(interp, unravel), z0=z0, s0=s0, s_end=s_end,
                 jump_times=jumps.times, num_jumps=jumps.num, jump_index=j,
                 jump_fn=jump_fn, solver=solver, rtol=rtol, atol=atol, norm=norm,
                 max_steps=max_steps, dt0=dt0, stop_times=forward_stops(interp),

@@ -18,8 +18,8 @@ from ._loop import (
     FlatState,
     backward_loop,
     check,
+    dense_info_like,
     gauss_legendre,
-    prepare_solver,
     rms_norm,
 )
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
@@ -99,18 +99,10 @@ class QuadratureAdjoint(AbstractAdjoint):
             return tree_add(lam, jumps.cotangent(j)), store
 
         lam0 = jumps.initial()
-        flat = FlatState(lam0)
         # The loop steps λ as one flat vector; its dense output is stored as such.
-        term = dfx.ODETerm(
-            lambda s, lam, _: flat.ravel(vf(s, flat.unravel(lam), None))
-        )
-        step_solver, _ = prepare_solver(solver, rtol, atol, problem.options.dt0)
-        s1 = jumps.s0 + 1e-3
-        dense_shape = jax.eval_shape(
-            lambda: step_solver.step(
-                term, jumps.s0, s1, flat.ravel(lam0), None,
-                step_solver.init(term, jumps.s0, s1, flat.ravel(lam0), None), False,
-            )[2]
+        flat = FlatState(lam0)
+        dense_shape = dense_info_like(
+            solver, rtol, atol, problem.options.dt0, vf, jumps.s0, lam0
         )
         store0 = (
             jnp.zeros(size, dtype),
