@@ -60,17 +60,18 @@ class FlatState:
     backward state of several leaves (`(y, λ, μ)`, with `μ` shaped like every
     trainable leaf) costs that many small ops per stage; on a small problem they,
     not the vjps, set the time of a step. Raveled, each stage is one op per
-    combination. Left as is when it is already one vector or its leaves differ in
-    dtype (raveling would promote them).
+    combination. Leaves of different dtypes (a float32 parameter with a float64
+    state) are promoted to their common dtype and cast back by `unravel`; a state
+    that is one vector already is left as it is.
     """
 
     def __init__(self, like: PyTree):
         leaves, self.treedef = jtu.tree_flatten(like)
         self.shapes = [jnp.shape(x) for x in leaves]
-        dtypes = {jnp.result_type(x) for x in leaves}
-        self.dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
+        self.dtypes = [jnp.result_type(x) for x in leaves]
         one_vector = len(leaves) == 1 and len(self.shapes[0]) == 1
-        self.active = self.dtype is not None and not one_vector
+        self.active = bool(leaves) and not one_vector
+        self.dtype = jnp.result_type(*self.dtypes) if self.active else None
         self.splits = np.cumsum([int(np.prod(s)) for s in self.shapes])[:-1]
 
     def ravel(self, tree: PyTree) -> PyTree:
@@ -85,7 +86,9 @@ class FlatState:
             return flat
         parts = jnp.split(flat, self.splits)
         return jtu.tree_unflatten(
-            self.treedef, [p.reshape(s) for p, s in zip(parts, self.shapes, strict=True)]
+            self.treedef,
+            [p.reshape(s).astype(d)
+             for p, s, d in zip(parts, self.shapes, self.dtypes, strict=True)],
         )
 
 

@@ -50,8 +50,9 @@ class GaussAdjoint(AbstractAdjoint):
     Only `λ` is integrated backwards (`y` interpolated from the forward pass), so
     the backward state is the size of `y` whatever the number of parameters. After
     each accepted backward step, `∫ λᵀ f_θ dt` over that step is added using
-    `nodes` Gauss–Legendre points on the step's own dense interpolant: one vmapped
-    vjp per step, no dense storage of `λ`. Prefer it when parameters are many and
+    `nodes` Gauss–Legendre points on the step's own dense interpolant: one vjp of
+    the field batched over the nodes (θ shared, so the weighted sum over the nodes
+    comes out of the vjp directly), no dense storage of `λ`. Prefer it when parameters are many and
     memory matters; `QuadratureAdjoint` does the same integral after the backward
     pass in larger batches.
 

@@ -34,8 +34,9 @@ class QuadratureAdjoint(AbstractAdjoint):
     The backward pass integrates only `λ' = -f_yᵀλ` (state the size of `y`; `y`
     interpolated from the forward pass) and keeps `λ` as a dense output, one
     interpolant per backward step. The parameter integral is then evaluated over
-    all stored steps at once, `chunk` steps × `nodes` nodes per vmapped vjp of the
-    field — the most parallel way to spend the parameter vjps, at the price of
+    all stored steps at once, `chunk` steps × `nodes` nodes per vjp of the
+    node-batched field (θ shared: the weighted sum over the nodes comes out of the
+    vjp, no per-node parameter cotangents) — the most parallel way to spend the parameter vjps, at the price of
     storing `λ`'s dense output (O(backward steps · n)).
 
     Not under `jax.vmap` of a batch whose members step differently: a vmapped
@@ -50,7 +51,7 @@ class QuadratureAdjoint(AbstractAdjoint):
     **Arguments:** `solver`, `rtol`, `atol`, `max_steps` of the backward solve
     (default: the forward's solver and tolerances, twice its step budget plus
     `len(ts)`); `nodes`, Gauss–Legendre points per backward step;
-    `chunk`, backward steps per vmapped vjp.
+    `chunk`, backward steps per batched vjp.
 
     Cites: SciMLSensitivity.jl `QuadratureAdjoint`; Cao, Li, Petzold & Serban 2003.
 
