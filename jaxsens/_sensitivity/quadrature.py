@@ -8,7 +8,6 @@ from ._common import (
     Jumps,
     dense_evaluate,
     forward_stops,
-    piece_at,
     piece_of,
     tree_add,
     vjp_y,
@@ -18,12 +17,19 @@ from ._loop import (
     FlatState,
     backward_loop,
     check,
-    dense_info_like,
     gauss_legendre,
     rms_norm,
 )
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 from .gauss import step_nodes, weighted_param_vjp
+
+
+def _node_shapes(problem, lam0, nodes, dtype):
+    """Shapes of one backward step's nodes `(t, y, wλ)` as `step_nodes` gives
+    them: a leading axis of `nodes`."""
+    stack = lambda x: jax.ShapeDtypeStruct((nodes,) + jnp.shape(x), jnp.result_type(x))  # noqa: E731
+    return (jax.ShapeDtypeStruct((nodes,), dtype),
+            jtu.tree_map(stack, problem.y0), jtu.tree_map(stack, lam0))
 
 
 class QuadratureAdjoint(AbstractAdjoint):
@@ -100,27 +106,23 @@ class QuadratureAdjoint(AbstractAdjoint):
             return tree_add(lam, jumps.cotangent(j)), store
 
         lam0 = jumps.initial()
-        # The loop steps λ as one flat vector; its dense output is stored as such.
-        flat = FlatState(lam0)
-        dense_shape = dense_info_like(
-            solver, rtol, atol, problem.options.dt0, vf, jumps.s0, lam0
-        )
-        store0 = (
-            jnp.zeros(size, dtype),
-            jnp.zeros(size, dtype),
-            jtu.tree_map(lambda x: jnp.zeros((size,) + x.shape, x.dtype), dense_shape),
-            jnp.zeros(size, jnp.int32),
-            jnp.array(0, jnp.int32),
-        )
+        unravel = FlatState(lam0).unravel
+        # Each accepted step leaves its Gauss–Legendre nodes in the store: `t`, `y`
+        # there (from the step's forward piece, already at hand) and the weighted
+        # `λ` (from the step's own interpolant). The integral afterwards is then
+        # only batched vjps, with no interpolation or gather left to do.
+        zeros = lambda x: jnp.zeros((size,) + x.shape, x.dtype)  # noqa: E731
+        store0 = (jtu.tree_map(zeros, _node_shapes(problem, lam0, self.nodes, dtype)),
+                  jnp.array(0, jnp.int32))
 
         def on_step(store, s_a, s_b, lam_a, lam_b, dense, aux, keep):
             # Written in place every step; a rejected step's slot is overwritten by
             # the next one (no select over the whole store).
-            sa, sb, dn, pieces, k = store
-            dn = jtu.tree_map(lambda buf, x: buf.at[k].set(x), dn, dense)
-            pieces = pieces.at[k].set(aux[0].astype(jnp.int32))
-            k_next = k + keep.astype(k.dtype)
-            return sa.at[k].set(s_a), sb.at[k].set(s_b), dn, pieces, k_next
+            bufs, k = store
+            pts = step_nodes(interp, solver, s_a, s_b, dense, nodes, weights, aux,
+                             unravel)
+            bufs = jtu.tree_map(lambda buf, x: buf.at[k].set(x), bufs, pts)
+            return bufs, k + keep.astype(k.dtype)
 
         out = backward_loop(
             vf=vf, z0=lam0, s0=jumps.s0, s_end=jumps.s_end,
@@ -129,22 +131,28 @@ class QuadratureAdjoint(AbstractAdjoint):
             max_steps=max_steps, dt0=problem.options.dt0, on_step=on_step, extra0=store0,
             stop_times=forward_stops(interp), piece_of=piece_of(interp),
         )
-        sa, sb, dn, pieces, count = out.extra
+        bufs, count = out.extra
 
         def integrate_chunk(c, mu):
             i = c * self.chunk
-            take = lambda x: lax.dynamic_slice_in_dim(x, i, self.chunk)
-            # Unused slots integrate over an empty interval at a valid time.
+            t, y, lam = jtu.tree_map(
+                lambda x: lax.dynamic_slice_in_dim(x, i, self.chunk), bufs
+            )
+            # Unused slots: weight zero, at a valid node (slot 0), so the field is
+            # evaluated only where it was on the way back.
             valid = jnp.arange(self.chunk) + i < count
-            a = jnp.where(valid, take(sa), jumps.s0)
-            b = jnp.where(valid, take(sb), jumps.s0)
-            t, y, lam = jax.vmap(
-                lambda a_, b_, d_, p_: step_nodes(interp, solver, a_, b_, d_, nodes,
-                                                  weights, piece_at(interp, p_),
-                                                  flat.unravel)
-            )(a, b, jtu.tree_map(take, dn), take(pieces))
+            first = jtu.tree_map(lambda x: x[0], bufs)
+            t, y, lam = jtu.tree_map(
+                lambda x, x0: jnp.where(
+                    valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, x0[None]
+                ),
+                (t, y, lam), first,
+            )
+            lam = jtu.tree_map(
+                lambda x: x * valid.reshape((-1,) + (1,) * (x.ndim - 1)), lam
+            )
             # chunk × nodes points through one vjp of the batched field.
-            merge = lambda x: x.reshape((-1,) + x.shape[2:])
+            merge = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
             t, y, lam = jtu.tree_map(merge, (t, y, lam))
             return tree_add(mu, weighted_param_vjp(problem, t, y, lam))
 
