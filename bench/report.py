@@ -51,19 +51,25 @@ FINDINGS = """\
   `BacksolveAdjoint` raises instead on the same problems.
 - **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 27–43 s per gradient on
   seed 000 (results/linear.md and one suite run), vs 2.2 ms for `LinearExpm`.
-- **Long horizon (10^4 steps)**: Discrete 1.10 s (= diffrax RCA), Gauss 1.24 s,
-  Quadrature 1.46 s; jaxsens's Backsolve (5.2 s), Interpolating (6.4 s) and
-  Interpolating(checkpoints=16) (7.1 s) are 5–6× slower than Discrete, and
-  Backsolve is 1.3× slower than diffrax's (3.9 s). XLA temp buffers: Discrete
-  0.3 MB, checkpointed Interpolating 2.3 MB, Gauss/Interpolating ≈ 50 MB,
-  Quadrature 177 MB (see results/core.md for resident-memory measurements).
+- **Long horizon (10^4 steps)**: `QuadratureAdjoint` 0.81 s and `GaussAdjoint`
+  0.86 s are now the fastest, ahead of Discrete 1.13 s (= diffrax RCA): their
+  parameter integral is ONE vjp of the field batched over the quadrature nodes
+  with θ shared, so a dense layer's parameter cotangent is one matmul instead of
+  a sum of per-node outer products (they took 1.46 s and 1.24 s before).
+  Backsolve 3.29 s (5.2 s before; diffrax's 3.97 s), Interpolating 4.32 s (6.4),
+  Interpolating(checkpoints=16) 4.84 s (7.1): their backward state `(y, λ, μ)` is
+  stepped as one flat vector. Auto still picks Discrete (1.4× the fastest: the
+  rule was measured before this change; within the 1.5× check). XLA temp
+  buffers: Discrete 0.3 MB, checkpointed Interpolating 2.1 MB, Backsolve 1.1 MB,
+  Gauss/Interpolating ≈ 50 MB, Quadrature 140 MB (see results/core.md for
+  resident-memory measurements).
 - **Checkpointed memory is flat** (results/core.md, memory case, 10^3 → 10^5
-  steps): `InterpolatingAdjoint(checkpoints=16)` 2.32 → 2.34 MB of XLA temporaries
+  steps): `InterpolatingAdjoint(checkpoints=16)` 2.05 → 2.07 MB of XLA temporaries
   (was 2.6 → 124 MB before intervals too long for one 256-step dense output were
-  split recursively), `BacksolveAdjoint` 1.32 MB throughout, `Discrete` ≤ 1.5 MB.
-  Time did not suffer: 73 s against 97 s at 93,000 forward steps. On heat2d
-  (n = 10^4) `checkpoints=8` now needs 161 MB instead of 1.25 GB and takes 0.71 s
-  instead of 1.47 s, less than Discrete (0.86 s).
+  split recursively), `BacksolveAdjoint` 1.06 MB throughout, `Discrete` ≤ 1.5 MB.
+  At 93,000 forward steps: checkpointed 61 s, Backsolve 29 s, Discrete 10 s. On
+  heat2d (n = 10^4, run before the flat backward state) `checkpoints=8` needs
+  161 MB instead of 1.25 GB and takes 0.71 s, less than Discrete (0.86 s).
 - **Continuous adjoints' buffers are sized by `max_steps`**, and their time
   follows the buffer size (crossover reading): GaussAdjoint 79 ms → 1.7 ms on a
   1024-state problem when `max_steps` goes from 4096 to 256. This inflates every

@@ -38,12 +38,13 @@ class QuadratureAdjoint(AbstractAdjoint):
     `QuadratureAdjoint`).
 
     The backward pass integrates only `λ' = -f_yᵀλ` (state the size of `y`; `y`
-    interpolated from the forward pass) and keeps `λ` as a dense output, one
-    interpolant per backward step. The parameter integral is then evaluated over
-    all stored steps at once, `chunk` steps × `nodes` nodes per vjp of the
-    node-batched field (θ shared: the weighted sum over the nodes comes out of the
-    vjp, no per-node parameter cotangents) — the most parallel way to spend the parameter vjps, at the price of
-    storing `λ`'s dense output (O(backward steps · n)).
+    interpolated from the forward pass) and keeps, for every backward step, `λ`
+    (from the step's own interpolant) and `y` at its `nodes` Gauss–Legendre
+    points. The parameter integral is then evaluated over all stored nodes at
+    once, `chunk` steps × `nodes` nodes per vjp of the node-batched field (θ
+    shared: the weighted sum over the nodes comes out of the vjp, no per-node
+    parameter cotangents) — the most parallel way to spend the parameter vjps, at
+    the price of storing `nodes · (2n + 1)` numbers per backward step.
 
     Not under `jax.vmap` of a batch whose members step differently: a vmapped
     while loop selects every carried buffer at every step, and this method's store
