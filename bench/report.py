@@ -51,6 +51,9 @@ FINDINGS = """\
   `BacksolveAdjoint` raises instead on the same problems.
 - **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 27–43 s per gradient on
   seed 000 (results/linear.md and one suite run), vs 2.2 ms for `LinearExpm`.
+- **Seed 000 UDE (p ≈ 10^4)**: `GaussAdjoint` 9.9 ms is now the fastest, ahead
+  of Discrete 11.8 ms and diffrax RCA 12.0 ms (Interpolating/Quadrature ≈ 31 ms);
+  Auto still picks Discrete (1.2× the fastest).
 - **Long horizon (10^4 steps)**: `QuadratureAdjoint` 0.81 s and `GaussAdjoint`
   0.86 s are now the fastest, ahead of Discrete 1.13 s (= diffrax RCA): their
   parameter integral is ONE vjp of the field batched over the quadrature nodes
