@@ -717,6 +717,9 @@ def main():
         "jaxsens": os.environ.get("JAXSENS_REV", jaxsens.__file__),
         "cmd": cmd,
     }
+    # This run's own date and revision: a `--no-speed` run re-uses the speed
+    # part's meta for the speed tables, not for the memory one it makes.
+    this_run = dict(meta)
     if not a.no_speed:
         speed_res, target_res = {}, {}
         rounds, per_round = (4, 5) if a.quick else (8, 5)
@@ -742,7 +745,7 @@ def main():
     else:
         speed_res, target_res = {}, {}
     mem_steps = [1_000, 10_000] if a.quick else [1_000, 10_000, 100_000]
-    mem_meta = dict(meta, cmd=cmd + " --no-speed")
+    mem_meta = dict(this_run, cmd=cmd + " --no-speed")
     if not a.no_memory:
         mem_rows = memory(mem_steps, log)
         with open(mem_json, "w") as fh:

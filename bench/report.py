@@ -70,7 +70,8 @@ FINDINGS = """\
   steps): `InterpolatingAdjoint(checkpoints=16)` 2.05 → 2.07 MB of XLA temporaries
   (was 2.6 → 124 MB before intervals too long for one 256-step dense output were
   split recursively), `BacksolveAdjoint` 1.06 MB throughout, `Discrete` ≤ 1.5 MB.
-  At 93,000 forward steps: checkpointed 61 s, Backsolve 29 s, Discrete 10 s. On
+  At 93,000 forward steps: checkpointed 47 s (73 s before), Backsolve 29 s (47 s),
+  Discrete 10 s. On
   heat2d (n = 10^4, run before the flat backward state) `checkpoints=8` needs
   161 MB instead of 1.25 GB and takes 0.71 s, less than Discrete (0.86 s).
 - **Continuous adjoints' buffers are sized by `max_steps`**, and their time
