@@ -72,13 +72,13 @@ FINDINGS = """\
   split recursively), `BacksolveAdjoint` 1.06 MB throughout, `Discrete` ≤ 1.5 MB.
   At 93,000 forward steps: checkpointed 47 s (73 s before), Backsolve 29 s (47 s),
   Discrete 10 s. On
-  heat2d (n = 10^4, run before the flat backward state) `checkpoints=8` needs
-  161 MB instead of 1.25 GB and takes 0.71 s, less than Discrete (0.86 s).
+  heat2d (n = 10^4) `checkpoints=8` needs 161 MB instead of 1.25 GB and takes
+  0.66 s, less than Discrete (0.89 s).
 - **Continuous adjoints' buffers are sized by `max_steps`**, and their time
   follows the buffer size (crossover reading): GaussAdjoint 79 ms → 1.7 ms on a
   1024-state problem when `max_steps` goes from 4096 to 256. This inflates every
-  continuous-adjoint time at large n in these tables (heat: 1.6–10 s, XLA temp
-  2.5 GB for Gauss/Interpolating, 7.6 GB for Quadrature).
+  continuous-adjoint time at large n in these tables (heat: 1.6–8.7 s, XLA temp
+  2.5 GB for Gauss/Interpolating, 6.3 GB for Quadrature).
 - **Robertson (stiff, Kvaerno5)**: Forward ≈ 8 ms, Discrete ≈ 18 ms (it stores
   every step of small problems; ≈ 50 ms with recomputation), the continuous
   adjoints 23–31 ms (diffrax RCA 25 ms); jaxsens's `BacksolveAdjoint` raises (the
