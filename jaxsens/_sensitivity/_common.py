@@ -80,12 +80,11 @@ def piece_of(interp):
     last = interp.ts.shape[0] - 1
     hi = jnp.maximum(interp.ts_size - 2, 0)
 
-    return lambda s_a, s_b, k: piece_at(interp, jnp.clip(last - k, 0, hi))
+    def piece(s_a, s_b, k):
+        index = jnp.clip(last - k, 0, hi)
+        return index, _polynomial(interp, index)
 
-
-def piece_at(interp, index):
-    """`(index, polynomial)` of forward step `index`, as `piece_of` gives it."""
-    return index, _polynomial(interp, index)
+    return piece
 
 
 def _polynomial(interp, index):

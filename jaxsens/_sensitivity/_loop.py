@@ -16,7 +16,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import numpy as np
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 from .._solution import RESULTS
@@ -66,30 +66,21 @@ class FlatState:
     """
 
     def __init__(self, like: PyTree):
-        leaves, self.treedef = jtu.tree_flatten(like)
-        self.shapes = [jnp.shape(x) for x in leaves]
-        self.dtypes = [jnp.result_type(x) for x in leaves]
-        one_vector = len(leaves) == 1 and len(self.shapes[0]) == 1
+        leaves = jtu.tree_leaves(like)
+        one_vector = len(leaves) == 1 and jnp.ndim(leaves[0]) == 1
         self.active = bool(leaves) and not one_vector
-        self.dtype = jnp.result_type(*self.dtypes) if self.active else None
-        self.splits = np.cumsum([int(np.prod(s)) for s in self.shapes])[:-1]
+        if self.active:
+            flat, self._unravel = ravel_pytree(like)
+            self.dtype = flat.dtype
 
     def ravel(self, tree: PyTree) -> PyTree:
         if not self.active:
             return tree
-        return jnp.concatenate(
-            [jnp.ravel(x).astype(self.dtype) for x in jtu.tree_leaves(tree)]
-        )
+        # Cast: a value (e.g. the field's output) may come back in another dtype.
+        return ravel_pytree(tree)[0].astype(self.dtype)
 
     def unravel(self, flat: PyTree) -> PyTree:
-        if not self.active:
-            return flat
-        parts = jnp.split(flat, self.splits)
-        return jtu.tree_unflatten(
-            self.treedef,
-            [p.reshape(s).astype(d)
-             for p, s, d in zip(parts, self.shapes, self.dtypes, strict=True)],
-        )
+        return self._unravel(flat) if self.active else flat
 
 
 def _where(pred, a, b):

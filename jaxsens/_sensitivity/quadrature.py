@@ -139,19 +139,15 @@ class QuadratureAdjoint(AbstractAdjoint):
             t, y, lam = jtu.tree_map(
                 lambda x: lax.dynamic_slice_in_dim(x, i, self.chunk), bufs
             )
-            # Unused slots: weight zero, at a valid node (slot 0), so the field is
-            # evaluated only where it was on the way back.
+            # Unused slots (possibly holding a rejected step's non-finite values):
+            # weight zero, at a valid node (slot 0), so the field is evaluated only
+            # where it was on the way back.
             valid = jnp.arange(self.chunk) + i < count
-            first = jtu.tree_map(lambda x: x[0], bufs)
-            t, y, lam = jtu.tree_map(
-                lambda x, x0: jnp.where(
-                    valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, x0[None]
-                ),
-                (t, y, lam), first,
+            mask = lambda x: valid.reshape((-1,) + (1,) * (x.ndim - 1))  # noqa: E731
+            t, y = jtu.tree_map(
+                lambda x, b: jnp.where(mask(x), x, b[0][None]), (t, y), bufs[:2]
             )
-            lam = jtu.tree_map(
-                lambda x: x * valid.reshape((-1,) + (1,) * (x.ndim - 1)), lam
-            )
+            lam = jtu.tree_map(lambda x: jnp.where(mask(x), x, 0), lam)
             # chunk × nodes points through one vjp of the batched field.
             merge = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
             t, y, lam = jtu.tree_map(merge, (t, y, lam))
