@@ -1,0 +1,118 @@
+"""XLA:CPU compiles small `while` loops whole: jaxsens raises its size limit on import.
+
+XLA:CPU runs a compiled program as a sequence of "thunks", one per fused op, at a
+fixed cost of roughly 0.1–1 µs each. A `while` loop whose operands total fewer than
+`xla_cpu_small_while_loop_byte_threshold` bytes (default 1024) is instead compiled
+into ONE function, with no per-op cost. An ODE solve is loops in loops (steps;
+Runge–Kutta stages; the save times of a step), whose bodies are many tiny ops: with
+the default limit, a Tsit5 step on a 2-state problem is dominated by that per-op
+cost as soon as its stage buffer passes 1 KiB (a float64 problem with 8 or more
+state entries, or the tangents of a few parameters). Raised to 1 MiB, whole solves
+and adjoint passes compile as single functions: 3–5× faster warm gradients and
+shorter compile times on the core benchmark (bench/results/core.md), no slowdown
+measured on the large problems.
+
+The limit is an XLA option read once, when JAX starts its CPU backend, from the
+`XLA_FLAGS` environment variable. `configure()` (run by `import jaxsens`) adds it
+there unless:
+
+- `JAXSENS_SMALL_LOOP_BYTES=0` is set (leave XLA's default), or another value is
+  given (that many bytes);
+- `XLA_FLAGS` sets `xla_cpu_small_while_loop_byte_threshold` already (yours wins);
+- JAX's backend was started before `jaxsens` was imported (too late: the option
+  cannot change any more). `jaxsens.explain` then says so, with the fix.
+
+The option only concerns XLA:CPU's code generation; other backends ignore it, and
+results are unchanged up to rounding.
+"""
+
+import os
+
+
+KEY = "xla_cpu_small_while_loop_byte_threshold"
+ENV = "JAXSENS_SMALL_LOOP_BYTES"
+DEFAULT_BYTES = 1 << 20
+XLA_DEFAULT_BYTES = 1024
+_EXTRA = "--xla_backend_extra_options="
+
+# What `configure` did, for `explain`: one sentence.
+status = "not configured: `jaxsens._xla.configure()` has not run"
+
+
+def with_threshold(flags: str, nbytes: int) -> str:
+    """`flags` (an `XLA_FLAGS` value) with `KEY=nbytes` among its backend extra
+    options; unchanged if `KEY` is set already."""
+    if KEY in flags:
+        return flags
+    tokens = flags.split()
+    for i in reversed(range(len(tokens))):
+        if tokens[i].startswith(_EXTRA):
+            value = tokens[i][len(_EXTRA) :]
+            tokens[i] = _EXTRA + (value + "," if value else "") + f"{KEY}={nbytes}"
+            return " ".join(tokens)
+    return " ".join([*tokens, f"{_EXTRA}{KEY}={nbytes}"])
+
+
+def requested_bytes() -> int:
+    """The limit asked for through `JAXSENS_SMALL_LOOP_BYTES` (0: leave XLA's)."""
+    raw = os.environ.get(ENV, "").strip()
+    if not raw:
+        return DEFAULT_BYTES
+    try:
+        nbytes = int(raw)
+    except ValueError:
+        nbytes = -1
+    if nbytes < 0:
+        raise ValueError(
+            f"`{ENV}` must be a whole number of bytes (0 keeps XLA's default of "
+            f"{XLA_DEFAULT_BYTES}), got {raw!r}. Unset it for jaxsens's default, "
+            f"{DEFAULT_BYTES}."
+        )
+    return nbytes
+
+
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except Exception:  # a JAX without this (private) query: assume not started
+        return False
+
+
+def configure() -> str:
+    """Raise XLA:CPU's small-loop limit through `XLA_FLAGS` if that can still take
+    effect; returns (and keeps in `status`) a sentence saying what was done."""
+    global status
+    nbytes = requested_bytes()
+    flags = os.environ.get("XLA_FLAGS", "")
+    if nbytes == 0:
+        status = f"left at XLA's default ({XLA_DEFAULT_BYTES} bytes): {ENV}=0"
+    elif KEY in flags:
+        status = f"set by your XLA_FLAGS ({flags!r}); jaxsens left it"
+    elif _backend_started():
+        status = (
+            "not raised: JAX's backend was started before jaxsens was imported, "
+            f"so XLA's default ({XLA_DEFAULT_BYTES} bytes) applies. Import jaxsens "
+            "before running any JAX computation, or start Python with "
+            f"XLA_FLAGS='{with_threshold(flags, nbytes)}', for 3–5× faster small "
+            "solves on CPU"
+        )
+    else:
+        os.environ["XLA_FLAGS"] = with_threshold(flags, nbytes)
+        status = f"raised to {nbytes} bytes by jaxsens (opt out: {ENV}=0)"
+    return status
+
+
+def in_effect() -> bool:
+    """Whether the default backend (call this on CPU) compiles a loop of ~4 KiB of
+    operands whole: compiles a tiny loop and looks (about 50 ms)."""
+    import jax
+    import jax.numpy as jnp
+
+    def loop(x):
+        return jax.lax.fori_loop(0, 2, lambda i, c: jnp.sin(c), x)
+
+    x = jax.ShapeDtypeStruct((1000,), jnp.float32)
+    text = jax.jit(loop).lower(x).compile().as_text()
+    return "xla_cpu_small_call" in text
