@@ -520,6 +520,10 @@ def markdown(cmd, speed_res, target_res, mem_rows, mem_steps, meta, mem_meta=Non
         f"{jax.__version__}, diffrax {dfx.__version__}, equinox {eqx.__version__}; "
         f"run on {meta['date']}; jaxsens under test: {meta['jaxsens']}.",
         "",
+        f"XLA:CPU small-loop limit (`xla_cpu_small_while_loop_byte_threshold`, "
+        f"jaxsens/_xla.py): {meta.get('xla', 'not recorded')}. It applies to every "
+        "method in the table, diffrax's and jax's included (one process).",
+        "",
         "Warm = median over round-robin repeats (all methods interleaved, in one "
         "process); compile = first call (trace + XLA compile + one run) of the jitted "
         "gradient, each method in a fresh subprocess (the minimum over 2 such "
@@ -705,7 +709,10 @@ def main():
     os.makedirs(RESULTS_DIR, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
     cmd = "/work/venv/bin/python bench/bench_core.py" + (" --quick" if a.quick else "")
+    cmd += " --no-memory" if a.no_memory else ""
     cmd = pinned(cmd)
+    if os.environ.get(jaxsens._xla.ENV) is not None:
+        cmd = f"{jaxsens._xla.ENV}={os.environ[jaxsens._xla.ENV]} {cmd}"
     # Each part is saved as JSON, so `--no-speed` / `--no-memory` runs re-use the
     # other part's last results when writing the markdown.
     speed_json = os.path.join(RESULTS_DIR, "core_speed.json")
@@ -716,6 +723,7 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "jaxsens": os.environ.get("JAXSENS_REV", jaxsens.__file__),
         "cmd": cmd,
+        "xla": jaxsens._xla.status,
     }
     # This run's own date and revision: a `--no-speed` run re-uses the speed
     # part's meta for the speed tables, not for the memory one it makes.
