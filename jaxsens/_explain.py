@@ -15,6 +15,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike, Float, PyTree, Scalar
 
+from . import _xla
 from ._sensitivity.auto import Auto, AutoDecision
 from ._sensitivity.base import AbstractSensitivity, float_args_as_arrays
 from ._sensitivity.discrete import Discrete
@@ -343,6 +344,8 @@ def explain(
     warnings: list[str] = []
     hints: list[str] = []
     notes: list[str] = []
+    if (cpu_note := _xla.note()) is not None:
+        notes.append(cpu_note)
     probe_out = None
     timing_out = None
     ys_for_scale = None
