@@ -19,6 +19,11 @@ TOPIC_FILES = [
         "core methods vs diffrax on LV and seed 002 (1 control), memory on "
         "a long solve (issue 2)",
     ),
+    (
+        "core_xla_default.md",
+        "the same with XLA:CPU's default small-loop limit (JAXSENS_SMALL_LOOP_BYTES=0): "
+        "what jaxsens's raised limit buys",
+    ),
     ("core_profile.md", "where the adjoints' time goes (profile)"),
     (
         "loop_dtype.md",
