@@ -67,6 +67,8 @@ def test_forward_step_budget():
     [
         jaxsens.InterpolatingAdjoint(max_steps=2),
         jaxsens.GaussAdjoint(max_steps=2),
+        # The budget counts over all of its segments, not per segment.
+        jaxsens.QuadratureAdjoint(max_steps=6, store_steps=2),
     ],
 )
 def test_backward_step_budget(method):

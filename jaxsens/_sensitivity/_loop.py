@@ -107,6 +107,7 @@ def backward_loop(
     extra0: PyTree = None,
     stop_times: Array | None = None,
     piece_of: Callable | None = None,
+    dt_start: Array | None = None,
 ) -> LoopOutput:
     """Integrate `dz/ds = vf(s, z, aux)` from `s0` to `s_end` (`s0 < s_end`).
 
@@ -121,7 +122,9 @@ def backward_loop(
     `≤ s0` are skipped), e.g. the forward solve's step times. `aux =
     piece_of(s_a, s_b, k)` (None without `piece_of`; `k` is the number of
     `stop_times` passed, `stop_times[k - 1] ≤ s_a < stop_times[k]`) is computed once per step and
-    handed to `vf(s, z, aux)` and `on_step`.
+    handed to `vf(s, z, aux)` and `on_step`. `dt_start`, where finite, is the
+    first step's size instead of the controller's initial choice (to continue a
+    pass from another loop's `LoopOutput.dt`).
 
     The solver steps `FlatState(z0)`'s flat vector; `vf`, `jump_fn`, `norm`,
     `on_step` and the output see `z` as a PyTree like `z0`, except `dense_info`,
@@ -145,6 +148,8 @@ def backward_loop(
     s1_guess, cstate = controller.init(
         term, s0, s_end, z0, dt0, aux_of(s0, s0, k0), solver.func, error_order
     )
+    if dt_start is not None:
+        s1_guess = jnp.where(jnp.isfinite(dt_start), s0 + dt_start, s1_guess)
     s1_guess = jnp.minimum(s1_guess, s_end)
     sstate = solver.init(term, s0, s1_guess, z0, aux_of(s0, s0, k0))
 
