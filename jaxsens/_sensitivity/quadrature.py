@@ -4,6 +4,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from .._solution import RESULTS
 from ._common import (
     Jumps,
     dense_evaluate,
@@ -20,7 +21,6 @@ from ._loop import (
     gauss_legendre,
     rms_norm,
 )
-from .._solution import RESULTS
 from .base import AbstractAdjoint, Problem, diffrax_result, diffrax_solve, stats_of
 from .gauss import step_nodes, weighted_param_vjp
 
