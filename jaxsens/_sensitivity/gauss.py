@@ -53,8 +53,8 @@ class GaussAdjoint(AbstractAdjoint):
     `nodes` Gauss–Legendre points on the step's own dense interpolant: one vjp of
     the field batched over the nodes (θ shared, so the weighted sum over the nodes
     comes out of the vjp directly), no dense storage of `λ`. Prefer it when parameters are many and
-    memory matters; `QuadratureAdjoint` does the same integral after the backward
-    pass in larger batches.
+    memory matters; `QuadratureAdjoint` does the same integral over stored
+    nodes, in larger batches.
 
     Cost of the forward dense output: diffrax preallocates it for `max_steps`
     steps (for `Tsit5`, 7 stage vectors of size `n` per step), and it is written
