@@ -173,7 +173,8 @@ def problem_table(name, res):
         "",
         f"Made by `{meta.get('cmd')}` on {meta.get('date')} (load average "
         f"{meta.get('load')} at start); jaxsens {meta.get('jaxsens')}; "
-        f"{meta.get('versions')}.",
+        f"{meta.get('versions')}; XLA:CPU small-loop limit: "
+        f"{meta.get('xla', 'XLA default (before jaxsens raised it)')}.",
         "",
         "| method | warm median | warm min | × diffrax RCA | compile | first run "
         "| XLA temp (MB) | rel. error vs reference | note |",

@@ -436,7 +436,15 @@ def meta_info(cmd):
         f"equinox {eqx.__version__}{tv}",
         "jaxsens": rev,
         "load": round(os.getloadavg()[0], 1),
+        "xla": _xla_status(),
     }
+
+
+def _xla_status():
+    """XLA:CPU's small-loop limit as jaxsens set it (jaxsens/_xla.py)."""
+    import jaxsens
+
+    return jaxsens._xla.status
 
 
 def auto_check(res):
@@ -508,6 +516,8 @@ def main(argv=None):
         cmd = "python -m bench" + "".join(
             f" {x}" for x in (sys.argv[1:] if argv is None else argv)
         )
+        if os.environ.get("JAXSENS_SMALL_LOOP_BYTES") is not None:
+            cmd = f"JAXSENS_SMALL_LOOP_BYTES={os.environ['JAXSENS_SMALL_LOOP_BYTES']} {cmd}"
         rounds = a.repeats or (5 if a.quick else 9)
         timeout = a.timeout or (300 if a.quick else 600)
         for name in names:
