@@ -48,10 +48,23 @@ TOPIC_FILES = [
 FINDINGS = """\
 ## Findings (written 2026-11-26 from the runs below; re-check after a re-run)
 
+- **XLA:CPU's small-loop limit sets the speed of small solves.** XLA:CPU runs a
+  program op by op (~0.1–1 µs per op) except `while` loops moving under
+  `xla_cpu_small_while_loop_byte_threshold` bytes per iteration (1 KiB by
+  default), which it compiles whole. `import jaxsens` raises it to 1 MiB
+  (jaxsens/_xla.py). Same code, same process for all methods and peers
+  (results/core.md against results/core_xla_default.md): Lotka–Volterra
+  gradients 4–6× faster (Backsolve 364 → 72 µs, Gauss 590 → 105 µs, diffrax RCA
+  1.04 ms → 93 µs), seed 002 (1 control) 2–3× (Discrete 836 → 340 µs), compile
+  0.3–0.5 s shorter; problems with large states (seed 000, heat, 100 controls)
+  and implicit solvers (Robertson: the linear solves are library calls, which
+  keep a loop op by op) are unchanged. results/small_loops.md has every suite
+  row under both settings. Every table below is made with the raised limit
+  unless it says otherwise.
 - **Linear fields are never time-stepped by Auto, and that is right**: seed 000
-  `LinearExpm` ≈ 1.75 ms vs ≈ 9–12 ms for Discrete/diffrax and an exact gradient
+  `LinearExpm` ≈ 1.75 ms vs ≈ 8–12 ms for Discrete/diffrax and an exact gradient
   (time-stepped ones are 4e-3 off at rtol = 1e-6); heat 100×100 `KrylovExpm`
-  ≈ 0.13 s vs ≈ 0.86 s for Discrete/diffrax RCA, whose gradient is **wrong by 8e5**
+  ≈ 0.13 s vs ≈ 0.87 s for Discrete/diffrax RCA, whose gradient is **wrong by 8e5**
   (differentiating the step-size controller at Tsit5's stability limit, see
   results/linear.md).
 - **Silent wrong gradients among the peers**: on seed 000, the UDE and the heat
@@ -60,43 +73,45 @@ FINDINGS = """\
   error (backward re-integration of a dissipative system). jaxsens's
   `BacksolveAdjoint` raises instead on the same problems.
 - **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 27–43 s per gradient on
-  seed 000 (results/linear.md and one suite run), vs 2.2 ms for `LinearExpm`.
-- **Seed 000 UDE (p ≈ 10^4)**: `GaussAdjoint` 9.9 ms is now the fastest, ahead
-  of Discrete 11.8 ms and diffrax RCA 12.0 ms (Interpolating/Quadrature ≈ 31 ms);
-  Auto still picks Discrete (1.2× the fastest).
-- **Long horizon (10^4 steps)**: `QuadratureAdjoint` 0.81 s and `GaussAdjoint`
-  0.86 s are now the fastest, ahead of Discrete 1.13 s (= diffrax RCA): their
-  parameter integral is ONE vjp of the field batched over the quadrature nodes
-  with θ shared, so a dense layer's parameter cotangent is one matmul instead of
-  a sum of per-node outer products (they took 1.46 s and 1.24 s before).
-  Backsolve 3.29 s (5.2 s before; diffrax's 3.97 s), Interpolating 4.32 s (6.4),
-  Interpolating(checkpoints=16) 4.84 s (7.1): their backward state `(y, λ, μ)` is
-  stepped as one flat vector. Auto still picks Discrete (1.4× the fastest: the
-  rule was measured before this change; within the 1.5× check). XLA temp
-  buffers: Discrete 0.3 MB, checkpointed Interpolating 2.1 MB, Backsolve 1.1 MB,
-  Gauss/Interpolating ≈ 50 MB, Quadrature 140 MB (see results/core.md for
-  resident-memory measurements).
+  seed 000 (results/linear.md and one suite run), vs 1.7 ms for `LinearExpm`.
+- **Seed 000 UDE (p ≈ 10^4)**: `QuadratureAdjoint` 9.3 ms and `GaussAdjoint`
+  10.0 ms are the fastest, ahead of Discrete 11.7 ms and diffrax RCA 12.1 ms
+  (Interpolating ≈ 31 ms); Auto still picks Discrete (1.25× the fastest).
+  Quadrature took 31 ms while its node store was sized by the backward step
+  budget; it now holds 256 steps and is integrated whenever it fills.
+- **Long horizon (10^4 steps)**: `QuadratureAdjoint` 0.49 s is the fastest, ahead
+  of Discrete 0.63 s (= diffrax RCA) and Gauss 0.67 s: the parameter integral is
+  ONE vjp of the field batched over the quadrature nodes with θ shared.
+  Backsolve 3.2 s (diffrax's 4.0 s), Interpolating 4.3 s,
+  Interpolating(checkpoints=16) 4.7 s: their backward state `(y, λ, μ)` carries
+  the 10^4 parameter adjoints through every stage. Auto picks Discrete (1.27× the
+  fastest; the rule was measured before these changes; within the 1.5× check).
+  XLA temp buffers: Discrete 0.3 MB, checkpointed Interpolating 2.1 MB,
+  Backsolve 1.1 MB, Gauss/Interpolating/Quadrature ≈ 50 MB (the forward dense
+  output; see results/core.md for resident-memory measurements).
 - **Checkpointed memory is flat** (results/core.md, memory case, 10^3 → 10^5
   steps): `InterpolatingAdjoint(checkpoints=16)` 2.05 → 2.07 MB of XLA temporaries
   (was 2.6 → 124 MB before intervals too long for one 256-step dense output were
   split recursively), `BacksolveAdjoint` 1.06 MB throughout, `Discrete` ≤ 1.5 MB.
-  At 93,000 forward steps: checkpointed 47 s (73 s before), Backsolve 29 s (47 s),
-  Discrete 10 s. On
-  heat2d (n = 10^4) `checkpoints=8` needs 161 MB instead of 1.25 GB and takes
-  0.66 s, less than Discrete (0.89 s).
-- **Continuous adjoints' buffers are sized by `max_steps`**, and their time
-  follows the buffer size (crossover reading): GaussAdjoint 79 ms → 1.7 ms on a
-  1024-state problem when `max_steps` goes from 4096 to 256. This inflates every
-  continuous-adjoint time at large n in these tables (heat: 1.6–8.7 s, XLA temp
-  2.5 GB for Gauss/Interpolating, 6.3 GB for Quadrature).
+  At 93,000 forward steps: checkpointed 43 s, Backsolve 28 s, Discrete 5.5 s. On
+  heat2d (n = 10^4) `checkpoints=8` needs 161 MB instead of 2.5 GB and takes
+  0.66 s, less than Discrete (0.88 s).
+- **The dense-output adjoints' forward dense output is sized by `max_steps`**, and
+  their time follows its size (crossover reading): GaussAdjoint 79 ms → 1.7 ms on
+  a 1024-state problem when `max_steps` goes from 4096 to 256. This inflates every
+  such time at large n in these tables (heat: 1.4–2.1 s, XLA temp 2.5–2.7 GB for
+  Gauss/Interpolating/Quadrature).
 - **Robertson (stiff, Kvaerno5)**: Forward ≈ 8 ms, Discrete ≈ 18 ms (it stores
   every step of small problems; ≈ 50 ms with recomputation), the continuous
-  adjoints 23–31 ms (diffrax RCA 25 ms); jaxsens's `BacksolveAdjoint` raises (the
+  adjoints 23–30 ms (diffrax RCA 25 ms); jaxsens's `BacksolveAdjoint` raises (the
   backward re-integration diverges) and diffrax's exhausts its step budget.
+- **Under `vmap`, a store carried by the loop is paid per member and per step**:
+  seed 002 with 100 controls vmapped, `QuadratureAdjoint` 1.47 s with a
+  budget-sized store, 90 ms with the 256-step one (Gauss 60 ms, Discrete 32 ms).
 - **Tolerance-dominated gradients**: seed 002 at rtol = atol = 1e-6 in float32 is
   30 % off (1 control) / 2 % (100 controls) for every method, diffrax's and
   torchdiffeq's included: atol sits above the state's scale (≈ 1e-4).
-- **Compile times** are 2–15 s per method and problem on this machine (most of
+- **Compile times** are 1–10 s per method and problem on this machine (most of
   a `--quick` run).
 """
 
