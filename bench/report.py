@@ -20,6 +20,10 @@ TOPIC_FILES = [
         "a long solve (issue 2)",
     ),
     (
+        "small_loops.md",
+        "every suite row with XLA:CPU's default small-loop limit and with jaxsens's",
+    ),
+    (
         "core_xla_default.md",
         "the same with XLA:CPU's default small-loop limit (JAXSENS_SMALL_LOOP_BYTES=0): "
         "what jaxsens's raised limit buys",

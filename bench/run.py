@@ -427,8 +427,11 @@ def meta_info(cmd):
         tv = ""
     from bench._timing import pinned
 
+    cmd = pinned(cmd)
+    if os.environ.get("JAXSENS_SMALL_LOOP_BYTES") is not None:
+        cmd = f"JAXSENS_SMALL_LOOP_BYTES={os.environ['JAXSENS_SMALL_LOOP_BYTES']} {cmd}"
     return {
-        "cmd": pinned(cmd),
+        "cmd": cmd,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()} — shared with other engineers' jobs",
@@ -516,8 +519,7 @@ def main(argv=None):
         cmd = "python -m bench" + "".join(
             f" {x}" for x in (sys.argv[1:] if argv is None else argv)
         )
-        if os.environ.get("JAXSENS_SMALL_LOOP_BYTES") is not None:
-            cmd = f"JAXSENS_SMALL_LOOP_BYTES={os.environ['JAXSENS_SMALL_LOOP_BYTES']} {cmd}"
+
         rounds = a.repeats or (5 if a.quick else 9)
         timeout = a.timeout or (300 if a.quick else 600)
         for name in names:
