@@ -101,7 +101,7 @@ def backward_loop(
     rtol: float,
     atol: float,
     norm: Callable,
-    max_steps: int,
+    max_steps: int | Array,
     dt0: Array | None = None,
     on_step: Callable | None = None,
     extra0: PyTree = None,
