@@ -11,6 +11,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from . import _xla
 from ._batch import batched_field
 from ._control import Control
 from ._fit import fit
@@ -107,6 +108,8 @@ def run(argv=None) -> str:
     t_start = time.perf_counter()
     print(f"jaxsens demo: {jax.device_count()} {jax.default_backend()} device(s), "
           f"{args.controls} controls, {args.steps} steps")
+    if jax.default_backend() == "cpu":
+        print(f"XLA:CPU small-loop limit {_xla.status} (see README, 'Speed on CPU')")
     key_data, key_model = jr.split(jr.key(0))
     ts, controls, ys_true = make_data(args.controls, n_times, key_data)
     y0 = jnp.zeros(2)
