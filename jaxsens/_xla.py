@@ -1,16 +1,16 @@
 """XLA:CPU compiles small `while` loops whole: jaxsens raises its size limit on import.
 
 XLA:CPU runs a compiled program as a sequence of "thunks", one per fused op, at a
-fixed cost of roughly 0.1–1 µs each. A `while` loop whose operands total fewer than
-`xla_cpu_small_while_loop_byte_threshold` bytes (default 1024) is instead compiled
-into ONE function, with no per-op cost. An ODE solve is loops in loops (steps;
-Runge–Kutta stages; the save times of a step), whose bodies are many tiny ops: with
-the default limit, a Tsit5 step on a 2-state problem is dominated by that per-op
-cost as soon as its stage buffer passes 1 KiB (a float64 problem with 8 or more
-state entries, or the tangents of a few parameters). Raised to 1 MiB, whole solves
-and adjoint passes compile as single functions: 3–5× faster warm gradients and
-shorter compile times on the core benchmark (bench/results/core.md), no slowdown
-measured on the large problems.
+fixed cost of roughly 0.1–1 µs each. A `while` loop whose body accesses fewer than
+`xla_cpu_small_while_loop_byte_threshold` bytes per iteration (default 1024) is
+instead compiled into ONE function, with no per-op cost. An ODE solve is loops in
+loops (steps; Runge–Kutta stages; the save times of a step), whose bodies are many
+tiny ops: with the default limit even a 2-state float64 problem's stage loop runs
+op by op (bench/results/loop_dtype.md). Raised to 1 MiB, whole solves and adjoint
+passes compile as single functions: 2–10× faster warm gradients of small problems
+and shorter compile times (bench/results/core.md against core_xla_default.md), no
+slowdown measured on any suite problem (bench/results/small_loops.md). Loops that
+call a library (the LAPACK solves of implicit solvers) are never compiled whole.
 
 The limit is an XLA option read once, when JAX starts its CPU backend, from the
 `XLA_FLAGS` environment variable. `configure()` (run by `import jaxsens`) adds it
@@ -96,8 +96,8 @@ def configure() -> str:
             "not raised: JAX's backend was started before jaxsens was imported, "
             f"so XLA's default ({XLA_DEFAULT_BYTES} bytes) applies. Import jaxsens "
             "before running any JAX computation, or start Python with "
-            f"XLA_FLAGS='{with_threshold(flags, nbytes)}', for 3–5× faster small "
-            "solves on CPU"
+            f"XLA_FLAGS='{with_threshold(flags, nbytes)}', for 2–10× faster "
+            "gradients of small problems on CPU"
         )
     else:
         os.environ["XLA_FLAGS"] = with_threshold(flags, nbytes)
@@ -112,11 +112,13 @@ def in_effect() -> bool:
     import jax
     import jax.numpy as jnp
 
-    def loop(x):
-        return jax.lax.fori_loop(0, 2, lambda i, c: jnp.sin(c), x)
+    def loop(x, n):
+        # A traced trip count: XLA cannot unroll the loop away.
+        return jax.lax.fori_loop(0, n, lambda i, c: jnp.sin(c), x)
 
     x = jax.ShapeDtypeStruct((1000,), jnp.float32)
-    text = jax.jit(loop).lower(x).compile().as_text()
+    n = jax.ShapeDtypeStruct((), jnp.int32)
+    text = jax.jit(loop).lower(x, n).compile().as_text()
     return "xla_cpu_small_call" in text
 
 
