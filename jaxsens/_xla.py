@@ -5,8 +5,8 @@ fixed cost of roughly 0.1–1 µs each. A `while` loop whose body accesses fewer
 `xla_cpu_small_while_loop_byte_threshold` bytes per iteration (default 1024) is
 instead compiled into ONE function, with no per-op cost. An ODE solve is loops in
 loops (steps; Runge–Kutta stages; the save times of a step), whose bodies are many
-tiny ops: with the default limit even a 2-state float64 problem's stage loop runs
-op by op (bench/results/loop_dtype.md). Raised to 1 MiB, whole solves and adjoint
+tiny ops: with the default limit even the step loop of a 2-state problem runs op by
+op (a Lotka–Volterra solve, float64: 115 µs, against 25 µs with the limit raised). Raised to 1 MiB, whole solves and adjoint
 passes compile as single functions: 2–10× faster warm gradients of small problems
 and shorter compile times (bench/results/core.md against core_xla_default.md), no
 slowdown measured on any suite problem (bench/results/small_loops.md). Loops that
