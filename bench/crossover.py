@@ -392,61 +392,64 @@ def summary(an):
 
 
 READING = """\
-## Reading (written 2026-11-26 from that day's explicit, explicit_t10 and stiff grids)
+## Reading (explicit and explicit_t10 grids re-run 2026-11-26 14:00 with jaxsens's raised XLA:CPU small-loop limit; stiff grid from the earlier run)
 
-- **The Forward axis is p, not n + p.** The gradient is taken w.r.t. the parameters
-  only, so Forward carries p tangents, each costing about one forward solve of
-  size n. With p = 4 (`few`), Forward beats Discrete at n = 16 (0.35×) and
-  n = 256 (0.46×) and ties it at n = 4096 (0.93×). On the `mlp` family Forward ÷
-  Discrete is 0.23×, 0.65×, 0.83× at p = 3, 10, 36, then 1.09× at p = 68, 1.4× at
-  136, 2–3× at 160–264, 15× at 528 and 80×–6000× beyond p ≈ 500.
-  **Explicit (Tsit5): Forward wins for p ≲ 40 when the solve takes ~5 steps,
-  but only for p ≲ 10 with ~20 steps** (`explicit_t10`: Forward ÷ Discrete 0.20×,
-  1.1×, 1.25×, 2.6× at p = 3, 10, 36, 136): the more steps, the more Forward's p
-  tangents cost relative to one reverse sweep. **Stiff (Kvaerno5, 25–36 steps):
-  Forward ÷ Discrete is 0.25, 0.85, 0.67, 0.86 at p = 3, 10, 36, 68, then 1.19× at
-  136, 3.6× at 264: Forward wins for p ≲ 70–100** (its tangents reuse the Newton
-  matrix factorisation).
-- **Above that, Discrete is the method to pick.** Leaving BacksolveAdjoint aside, Discrete is
-  the fastest method or within 1.5× of it at every point with p > 40, explicit and stiff
-  (worst 1.49×, stiff p = 36; mostly 1.00–1.16×). BacksolveAdjoint is
-  up to 4.4× faster than Discrete on the explicit family (mildly damped:
-  decay 0.5, so the backward re-integration is stable), but it **raised at every
-  stiff point** (re-integrating a dissipative system backwards diverges; jaxsens
-  detects it and raises instead of returning a wrong gradient) and on seed 000,
-  the UDE and the heat equation in the suite. Use it only when it is known to be stable.
-- **GaussAdjoint is the best continuous adjoint on the stiff problem** (0.75–1.7×
-  Discrete's time, mostly 0.9–1.1×). The adjoints whose backward state carries the
-  p parameter adjoints through the implicit solver (Interpolating, Backsolve)
-  blow up with p on Kvaerno5: InterpolatingAdjoint 591 ms vs Discrete 14 ms at
-  n + p = 280, and > 240 s at 544 (QuadratureAdjoint too); skipped above 500.
+- **The raised small-loop limit (jaxsens/_xla.py) moved the explicit crossover
+  down.** Discrete and Backsolve got 2–6× faster on the small explicit points
+  (Discrete 0.31 → 0.048 ms at p = 3); Forward much less, because on these MLP
+  fields its batched tangent matmuls become XLA:CPU library (YNNPACK) fusions,
+  which keep its loop op by op. Forward ÷ Discrete on the `mlp` family is now
+  0.55×, 2.3×, 2.4×, 2.3×, 3.9× at p = 3, 10, 36, 68, 136 (~5 steps; it was
+  0.23, 0.65, 0.83, 1.09, 1.37 with XLA's default limit) and 0.51×, 5.2×, 4.7×,
+  10× at p = 3, 10, 36, 136 on `explicit_t10` (~20 steps; was 0.32, 1.67, 1.81,
+  2.8). **Explicit (Tsit5): Forward wins for p ≲ 4–8 on MLP fields**; with p = 4
+  (`few`) it still beats Discrete at n = 16, 256 and 4096 (0.44×, 0.75×, 0.94×).
+  The stiff grid was not re-run: its Kvaerno5 loops call LAPACK, and a loop with a
+  library call is never compiled whole, so the limit leaves it unchanged (Robertson
+  in the suite: ×1.00). **Stiff (Kvaerno5, 25–36 steps): Forward ÷ Discrete is
+  0.25, 0.85, 0.67, 0.86 at p = 3, 10, 36, 68, then 1.19× at 136, 3.6× at 264:
+  Forward wins for p ≲ 70–100** (its tangents reuse the Newton matrix
+  factorisation).
+- **Above that, Discrete is the method to pick.** Leaving BacksolveAdjoint aside,
+  Discrete is the fastest method at every explicit point with p ≥ 10, and the
+  fastest or within 1.5× of it at every stiff point with p > 40.
+  BacksolveAdjoint is up to 2.2× faster than Discrete on the explicit family
+  (mildly damped: decay 0.5, so the backward re-integration is stable), and up
+  to 4.5× slower at p ≈ 10⁴, but it **raised at every stiff point**
+  (re-integrating a dissipative system backwards diverges; jaxsens detects it
+  and raises instead of returning a wrong gradient) and on seed 000, the UDE and
+  the heat equation in the suite. Use it only when it is known to be stable.
+- **The continuous adjoints cost 1.2–2.9× Discrete's time on the explicit `mlp`
+  points with n ≤ 64** (GaussAdjoint or QuadratureAdjoint the best of them from
+  p ≈ 1000 on). **GaussAdjoint is the best continuous adjoint on the stiff
+  problem** (0.75–1.7× Discrete's time, mostly 0.9–1.1×). The adjoints whose
+  backward state carries the p parameter adjoints through the implicit solver
+  (Interpolating, Backsolve) blow up with p on Kvaerno5: InterpolatingAdjoint
+  591 ms vs Discrete 14 ms at n + p = 280, and > 240 s at 544 (QuadratureAdjoint
+  too); skipped above 500.
 - **Interpolating/Quadrature/Gauss adjoints slow down badly with the state size n**
-  on the explicit problem, regardless of p: at p = 4, n = 256 they take 29/112/37 ms
-  vs Discrete's 0.97 ms, at n = 4096 578/1910/576 ms vs 9 ms (~0.14 ms per state
-  component, while Discrete and Backsolve stay at ~2 µs per component). **Cause,
-  measured afterwards: their buffers are preallocated from `max_steps`** (XLA temp
-  256 MB at n = 1024 with the default `max_steps = 4096`, vs 2 MB for Discrete;
-  ≈ 4096 × 8 × n floats) and the time follows the buffer, not the steps taken (8
-  backward steps at every n): `few`, n = 1024, GaussAdjoint 79 ms at
-  `max_steps = 4096`, 1.7 ms at 256, 1.2 ms at 64 (Discrete 0.7–1.1 ms). So
-  every continuous-adjoint number here is for the default budget; sizing the
-  buffers by the steps actually needed would remove most of the gap — a jaxsens
-  fix to make before Auto picks these methods for large n.
-- Accuracy: every gradient agrees with Discrete's to < 1e-3 relative, except
-  Quadrature/GaussAdjoint on the stiffest point (n = 1, decay rate 10³,
-  Kvaerno5): 9 % off — the same weakness as their 0.96 error on seed 000's stiff
-  variant (results/linear.md).
-- Caveat: on t ∈ [0, 1] the explicit solves take 4–8 steps, so small points are
-  dominated by per-call overheads (tens of µs); `explicit_t10` (t ∈ [0, 10], n = h,
-  19–23 steps) is the more realistic explicit curve. There, Discrete is the
-  fastest method from p = 36 on, and GaussAdjoint the best continuous adjoint from
-  p ≈ 500 on (1.7–3.4× Discrete's time).
+  on the explicit problem, regardless of p: at p = 4, n = 256 they take 23–25 ms
+  vs Discrete's 0.46 ms, at n = 4096 359–385 ms vs 4.7 ms. **Cause: the forward
+  dense output they read is preallocated from `max_steps`** (≈ 4096 × 8 × n
+  floats; XLA temp 256 MB at n = 1024 with the default `max_steps = 4096`) and the
+  time follows the buffer, not the steps taken (measured before: `few`,
+  n = 1024, GaussAdjoint 79 ms at `max_steps = 4096`, 1.7 ms at 256). Sizing
+  `max_steps` to the solve removes most of the gap.
+- Accuracy: every gradient agrees with Discrete's to < 1e-4 relative on the
+  explicit grids; on the stiffest point of the stiff grid (n = 1, decay rate 10³,
+  Kvaerno5) Quadrature/GaussAdjoint are 9 % off — the same weakness as their 0.96
+  error on seed 000's stiff variant (results/linear.md).
+- Caveat: on t ∈ [0, 1] the explicit solves take 3–8 steps, so small points are
+  dominated by per-call overheads; `explicit_t10` (t ∈ [0, 10], n = h, 19–23
+  steps) is the more realistic explicit curve. There, Discrete is the fastest
+  method from p = 10 on, and the best continuous adjoint takes 1.2–2.7×
+  Discrete's time.
 - A rule this supports: linear → LinearExpm/KrylovExpm (suite); else Forward if
-  p ≤ ~10–16 with an explicit solver (up to ~40 for very short solves) or p ≤ ~64
-  with an implicit one; else Discrete. GaussAdjoint only when memory matters
-  (long horizons), not for speed. (`Auto` currently counts n + p, and counts a
-  `jaxsens.Control`'s `ts` and `values` in `args` as parameters: seed 002 reads as
-  n + p = 484 though only the 282 weights are differentiated.)
+  n + p ≤ ~8 with an explicit solver or p ≤ ~64 with an implicit one; else
+  Discrete. The continuous adjoints only when memory matters (long horizons), or
+  with ~10⁴ parameters (suite: QuadratureAdjoint 1.25–1.3× faster than Discrete
+  on seed 000's UDE and the long horizon). (`Auto` counts n + p, so a large
+  state with p = 4 gets Discrete where Forward would be up to 2× faster.)
 """
 
 

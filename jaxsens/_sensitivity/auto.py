@@ -81,12 +81,13 @@ class Auto(AbstractSensitivity):
        tangents are few.
     3. Otherwise `Discrete()`: reverse mode through diffrax's steps with recursive
        checkpointing. Measured on CPU (bench/RESULTS.md), it is the fastest
-       reverse method on every non-linear benchmark problem — the continuous
-       adjoints pay a backward solve with its own step-size control, at least one
-       step per save time, and one `vjp` per stage — and its memory stays flat
-       (0.8 MB of temporaries for 93,000 steps). The continuous adjoints remain
-       the choice when you need a gradient whose cost does not depend on
-       differentiating the solver's internals (pick them explicitly).
+       reverse method, or within 1.3× of it, on every non-linear benchmark problem
+       — the continuous adjoints pay a backward solve with its own step-size
+       control, at least one step per save time, and one `vjp` per stage; with
+       10⁴ parameters `QuadratureAdjoint` is 1.25–1.3× faster — and its memory
+       stays flat (0.8 MB of temporaries for 93,000 steps). The continuous
+       adjoints remain the choice when you need a gradient whose cost does not
+       depend on differentiating the solver's internals (pick them explicitly).
 
     `p` counts the inexact-array leaves of a Module field and of `args` (a
     `Control`'s values included, trainable or not, but not its sample times);
@@ -99,12 +100,13 @@ class Auto(AbstractSensitivity):
     `forward_per_input_implicit` with an implicit solver), `GaussAdjoint ≈
     gauss_factor`, `InterpolatingAdjoint ≈ interpolating_factor`, fitted to the
     crossover sweep (`python -m bench.crossover`, bench/results/crossover.md). On
-    this 2-core CPU, since `Discrete` stores every step of small problems, Forward
-    ÷ Discrete went 0.32 → 1.67 → 1.81 → 2.8 at n + p = 4, 12, 40, 144 with Tsit5
-    (~20 steps; it was 0.20 → 1.1 → 1.25 → 2.6 before), and 0.28 → 0.77 at
-    n + p = 4, 40 with Kvaerno5 on a stiff family (1.2 → 3.6 at 144, 280 in the
-    earlier full sweep): crossovers near 8 and 80, and the thresholds keep
-    `Forward` inside its winning region.
+    this 2-core CPU, with jaxsens's raised XLA:CPU small-loop limit (which speeds
+    up the reverse methods far more than `Forward` on fields with matmuls),
+    Forward ÷ Discrete is 0.51 → 5.2 → 4.7 → 10 at n + p = 4, 12, 40, 144 with
+    Tsit5 (~20 steps; 0.32 → 1.67 → 1.81 → 2.8 with XLA's default limit), and
+    0.28 → 0.77 at n + p = 4, 40 with Kvaerno5 on a stiff family (1.2 → 3.6 at
+    144, 280): crossovers near 8 and 80, and the thresholds keep `Forward` inside
+    its winning region.
 
     **Arguments:**
 
@@ -128,9 +130,9 @@ class Auto(AbstractSensitivity):
     forward_threshold_implicit: int = 64
     linear_dense_max: int = 2000
     # Cost model (units: one Discrete gradient), see the docstring.
-    forward_base: float = 0.85
+    forward_base: float = 0.5
     forward_base_implicit: float = 0.3
-    forward_per_input: float = 0.017
+    forward_per_input: float = 0.06
     forward_per_input_implicit: float = 0.009
     gauss_factor: float = 1.5
     interpolating_factor: float = 2.5
@@ -197,10 +199,10 @@ class Auto(AbstractSensitivity):
                                         "through the solver's steps")
             reasons = (f"{k} inputs would need {k} forward tangents; one reverse "
                        "pass costs about 2–3 forward solves whatever p is.",
-                       "Discrete is the fastest reverse method measured on every "
-                       "non-linear bench problem, with flat memory (recursive "
-                       "checkpointing), and its gradient is the exact gradient of "
-                       "the discretised solution.")
+                       "Discrete is the fastest reverse method, or within 1.3× of "
+                       "it, on every non-linear bench problem, with flat memory "
+                       "(recursive checkpointing), and its gradient is the exact "
+                       "gradient of the discretised solution.")
             if facts["implicit"]:
                 reasons += (f"{facts['solver']} is implicit: Discrete differentiates "
                             "its Newton iterations too; still measured fastest.",)
