@@ -16,13 +16,21 @@ import time
 import jax
 
 
+# Environment variables that change what a benchmark measures (jaxsens/_xla.py).
+RECORDED_ENV = ("JAXSENS_SMALL_LOOP_BYTES",)
+
+
 def pinned(cmd: str) -> str:
     """`cmd` as it was run: prefixed with `taskset -c …` when this process is
-    pinned to fewer than all cores. On 2 shared cores warm times were bimodal
-    (XLA's threads migrating between cores); pinned to one, they are not."""
+    pinned to fewer than all cores (on 2 shared cores warm times were bimodal,
+    XLA's threads migrating between cores; pinned to one, they are not), and with
+    any `RECORDED_ENV` variable that is set."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < (os.cpu_count() or 1):
-        return f"taskset -c {','.join(map(str, cpus))} {cmd}"
+        cmd = f"taskset -c {','.join(map(str, cpus))} {cmd}"
+    for name in RECORDED_ENV:
+        if os.environ.get(name) is not None:
+            cmd = f"{name}={os.environ[name]} {cmd}"
     return cmd
 
 

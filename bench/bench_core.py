@@ -711,8 +711,6 @@ def main():
     cmd = "/work/venv/bin/python bench/bench_core.py" + (" --quick" if a.quick else "")
     cmd += " --no-memory" if a.no_memory else ""
     cmd = pinned(cmd)
-    if os.environ.get(jaxsens._xla.ENV) is not None:
-        cmd = f"{jaxsens._xla.ENV}={os.environ[jaxsens._xla.ENV]} {cmd}"
     # Each part is saved as JSON, so `--no-speed` / `--no-memory` runs re-use the
     # other part's last results when writing the markdown.
     speed_json = os.path.join(RESULTS_DIR, "core_speed.json")

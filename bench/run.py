@@ -427,11 +427,8 @@ def meta_info(cmd):
         tv = ""
     from bench._timing import pinned
 
-    cmd = pinned(cmd)
-    if os.environ.get("JAXSENS_SMALL_LOOP_BYTES") is not None:
-        cmd = f"JAXSENS_SMALL_LOOP_BYTES={os.environ['JAXSENS_SMALL_LOOP_BYTES']} {cmd}"
     return {
-        "cmd": cmd,
+        "cmd": pinned(cmd),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()} — shared with other engineers' jobs",

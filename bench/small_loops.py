@@ -15,22 +15,14 @@ and their ratio. See `jaxsens/_xla.py` for what the limit is.
 import json
 import os
 
+from bench.report import ms as fmt
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
 DEFAULT_JSON = os.path.join(RESULTS_DIR, "suite_xla_default.json")
 RAISED_JSON = os.path.join(RESULTS_DIR, "suite.json")
 OUT = os.path.join(RESULTS_DIR, "small_loops.md")
-
-
-def fmt(s):
-    if s is None or s != s:
-        return "—"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s:.3g} s"
 
 
 def main():

@@ -40,6 +40,33 @@ def finite_differences(name):
     return central_fd(loss, problem.inputs(), eps=1e-4)
 
 
+def assert_matches_references(name, got):
+    """`got` (gradients w.r.t. field, y0, args) against `Discrete` at tight
+    tolerance and central finite differences, by relative error."""
+    problem = PROBLEMS[name]
+    ref, fd = reference(name), finite_differences(name)
+    for part, g, r, f in zip(("field", "y0", "args"), got, ref, fd, strict=True):
+        g, r, f = trainable(g), trainable(r), trainable(f)
+        assert rel_err(g, r) < problem.rel, (part, "vs Discrete", rel_err(g, r))
+        assert rel_err(g, f) < problem.rel, (part, "vs finite differences", rel_err(g, f))
+
+
+def assert_vmap_matches_loop(method):
+    """vmap-of-grad (w.r.t. y0, Lotka–Volterra) with `method` against a loop of
+    `Discrete` grads."""
+    problem = PROBLEMS["lotka_volterra"]
+    field, y0, args = problem.inputs()
+
+    def grad(y0, method):
+        return jax.grad(lambda y: problem.loss(method, field, y, args))(y0)
+
+    y0s = jnp.stack([y0, 0.5 * y0, jnp.array([2.0, 0.3])])
+    got = eqx.filter_jit(jax.vmap(lambda y: grad(y, method)))(y0s)
+    loop = jnp.stack([grad(y, jaxsens.Discrete()) for y in y0s])
+    for g, r in zip(got, loop, strict=True):
+        assert rel_err(g, r) < problem.rel
+
+
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_discrete_matches_finite_differences(name):
     problem = PROBLEMS[name]
@@ -75,11 +102,7 @@ def test_method_matches_references(name, method_name):
             _grad_fn(problem, METHODS[method_name])(problem.inputs())
         return
     got = _grad_fn(problem, METHODS[method_name])(problem.inputs())
-    ref, fd = reference(name), finite_differences(name)
-    for part, g, r, f in zip(("field", "y0", "args"), got, ref, fd, strict=True):
-        g, r, f = trainable(g), trainable(r), trainable(f)
-        assert rel_err(g, r) < problem.rel, (part, "vs Discrete", rel_err(g, r))
-        assert rel_err(g, f) < problem.rel, (part, "vs finite differences", rel_err(g, f))
+    assert_matches_references(name, got)
 
 
 # --- stiff linear system, implicit solver, against the exact (expm) gradient --------
@@ -156,26 +179,12 @@ def test_checkpointed_interpolating_splits_long_intervals(name, segment):
     # More steps than two intervals' dense outputs hold: the path under test runs.
     assert int(sol.stats["num_accepted_steps"]) > 2 * segment * method.checkpoints
     got = _grad_fn(problem, method)(problem.inputs())
-    ref, fd = reference(name), finite_differences(name)
-    for part, g, r, f in zip(("field", "y0", "args"), got, ref, fd, strict=True):
-        g, r, f = trainable(g), trainable(r), trainable(f)
-        assert rel_err(g, r) < problem.rel, (part, "vs Discrete", rel_err(g, r))
-        assert rel_err(g, f) < problem.rel, (part, "vs finite differences", rel_err(g, f))
+    assert_matches_references(name, got)
 
 
 def test_checkpointed_interpolating_split_under_vmap():
     # Members of a batch split different intervals at different iterations.
-    problem = PROBLEMS["lotka_volterra"]
-    field, y0, args = problem.inputs()
-
-    def grad(y0, method):
-        return jax.grad(lambda y: problem.loss(method, field, y, args))(y0)
-
-    y0s = jnp.stack([y0, 0.5 * y0, jnp.array([2.0, 0.3])])
-    got = eqx.filter_jit(jax.vmap(lambda y: grad(y, SPLIT)))(y0s)
-    loop = jnp.stack([grad(y, jaxsens.Discrete()) for y in y0s])
-    for g, r in zip(got, loop, strict=True):
-        assert rel_err(g, r) < problem.rel
+    assert_vmap_matches_loop(SPLIT)
 
 
 def test_checkpointed_interpolating_memory_is_flat_in_max_steps():
@@ -207,26 +216,17 @@ SEGMENTED = jaxsens.QuadratureAdjoint(store_steps=4)
 def test_quadrature_in_segments_matches_references(name):
     problem = PROBLEMS[name]
     got = _grad_fn(problem, SEGMENTED)(problem.inputs())
-    ref, fd = reference(name), finite_differences(name)
-    for part, g, r, f in zip(("field", "y0", "args"), got, ref, fd, strict=True):
-        g, r, f = trainable(g), trainable(r), trainable(f)
-        assert rel_err(g, r) < problem.rel, (part, "vs Discrete", rel_err(g, r))
-        assert rel_err(g, f) < problem.rel, (part, "vs finite differences", rel_err(g, f))
+    assert_matches_references(name, got)
 
 
 def test_quadrature_segments_under_vmap_and_store_is_flat_in_max_steps():
+    # Members of a batch end their segments at different steps.
+    assert_vmap_matches_loop(SEGMENTED)
     problem = PROBLEMS["lotka_volterra"]
     field, y0, args = problem.inputs()
 
     def grad(y0, method):
         return jax.grad(lambda y: problem.loss(method, field, y, args))(y0)
-
-    # Members of a batch end their segments at different steps.
-    y0s = jnp.stack([y0, 0.5 * y0, jnp.array([2.0, 0.3])])
-    got = eqx.filter_jit(jax.vmap(lambda y: grad(y, SEGMENTED)))(y0s)
-    loop = jnp.stack([grad(y, jaxsens.Discrete()) for y in y0s])
-    for g, r in zip(got, loop, strict=True):
-        assert rel_err(g, r) < problem.rel
 
     # The backward budget no longer sizes anything: XLA's temporaries of the
     # compiled gradient stay put over 100× the backward `max_steps`.
