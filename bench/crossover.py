@@ -55,7 +55,10 @@ METHODS = [
 # Adjoints whose backward state carries μ (p entries) through the implicit solver.
 AUGMENTED = {"BacksolveAdjoint", "InterpolatingAdjoint"}
 PER_METHOD_BUDGET_S = 6.0
-FORWARD_PER_INPUT = 0.1  # Forward ≈ this × (n + p) × Discrete, for skipping only
+# For skipping only: Forward ≈ this × k × Discrete, with k = min(n, p) Jacobian rows
+# or columns per stage with an explicit solver (the sensitivity equations) and
+# k = n + p tangents with an implicit one (jaxsens/_sensitivity/forward.py).
+FORWARD_PER_INPUT = 0.1
 IMPLICIT_AUGMENTED_MAX = 500  # n + p above which AUGMENTED adjoints skip on Kvaerno5
 
 # (family, n, h). n + p from 4 to ~10^4 along the diagonal n ≈ h, plus points with
@@ -174,11 +177,12 @@ def child(family, n, h, rounds, exclude):
             rows[name] = {"skipped": exclude[name]}
             continue
         if name == "Forward" and "Discrete" in fns:
-            est = FORWARD_PER_INPUT * (n + pr.p) * rows["Discrete"]["probe"]
+            k, k_name = ((n + pr.p, "n+p") if pr.stiff else (min(n, pr.p), "min(n,p)"))
+            est = FORWARD_PER_INPUT * k * rows["Discrete"]["probe"]
             if est > PER_METHOD_BUDGET_S:
                 rows[name] = {
                     "skipped": f"predicted ≈ {est:.0f} s per gradient "
-                    f"(≈ {FORWARD_PER_INPUT}·(n+p) × Discrete)"
+                    f"(≈ {FORWARD_PER_INPUT}·{k_name} × Discrete)"
                 }
                 continue
         if pr.stiff and name in AUGMENTED and n + pr.p > IMPLICIT_AUGMENTED_MAX:

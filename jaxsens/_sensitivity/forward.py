@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax.flatten_util import ravel_pytree
 
+from ._loop import rms_norm
 from .base import (
     AbstractSensitivity,
     Problem,
@@ -12,6 +13,7 @@ from .base import (
     checked,
     diffrax_flags,
     diffrax_solve,
+    make_controller,
     result_from_flags,
     stats_of,
 )
@@ -86,13 +88,112 @@ def _forward_solve_jvp(primals, tangents, *, static, ts, options):
         out = _raw(diff, y0, static, ts, options)
         return out[0], out
 
-    # The sensitivity matrix `S = ∂ys/∂(perturbed inputs)`: one vmapped tangent
-    # per perturbed scalar, carried by the same diffrax solve as the primal (the
-    # primal comes back as `aux`, so it is not solved twice). `S` depends on the
-    # primal only, so under reverse mode the tangent map below is a plain
-    # contraction, which JAX transposes into `Sᵀ ȳ`.
-    sens, (ys, stats, flags) = jax.jacfwd(ys_of, has_aux=True)(flat)
+    # The sensitivity matrix `S = ∂ys/∂(perturbed inputs)`, solved together with
+    # the primal (which comes back with it, so it is not solved twice). Explicit
+    # solvers: the sensitivity equations, below. Implicit ones: one vmapped tangent
+    # per perturbed scalar through diffrax's solve, Newton iterations included (the
+    # sensitivity equations would put the n·P-sized `S` into every Newton
+    # Jacobian). `S` depends on the primal only, so under reverse mode the tangent
+    # map below is a plain contraction, which JAX transposes into `Sᵀ ȳ`.
+    if flat.shape[0] > 0 and not isinstance(
+        options.solver, dfx.AbstractImplicitSolver
+    ):
+        sens, (ys, stats, flags) = _sensitivity_solve(
+            flat, unravel, fixed, static, ts, options
+        )
+    else:
+        sens, (ys, stats, flags) = jax.jacfwd(ys_of, has_aux=True)(flat)
     t_flat, _ = ravel_pytree(t_varying)
     t_ys = jtu.tree_map(lambda s: s @ t_flat.astype(s.dtype), sens)
     no_tangent = jtu.tree_map(lambda _: None, (stats, flags))
     return (ys, stats, flags), (t_ys, *no_tangent)
+
+
+# Up to this many Jacobian rows (or columns) per stage are formed one product at a
+# time; above it, by one vmapped product.
+UNROLL_MAX = 16
+
+
+def _sensitivity_solve(x, unravel, fixed, static, ts, options):
+    """`S = ∂ys/∂x` from the forward sensitivity equations `S' = f_y S + f_x`,
+    integrated by the primal's own solver on the primal's own steps.
+
+    The state is `(y, S)` with `S` an `n × P` matrix (`P = x.size` perturbed
+    scalars); error control sees `y` only, so the steps are exactly the primal
+    solve's, and for a Runge–Kutta method the `S` so computed is the derivative of
+    the computed solution with those steps held fixed (applying an RK method to
+    the linearised equations is linearising the RK method: "internal
+    differentiation", Bock 1981). `f_y S + f_x` needs no `P` tangents: with
+    `n ≤ P` it is assembled row by row from `n` vector-Jacobian products
+    `eᵢᵀ [f_y, f_x]` (one row `eᵢᵀ f_y S + eᵢᵀ f_x` each), else column by column
+    from `P` Jacobian-vector products. One product at a time (up to `UNROLL_MAX`),
+    every matmul in them is a matrix-vector product, which keeps the loop eligible
+    for XLA:CPU's whole-loop compilation (jaxsens/_xla.py); batched, they would be
+    matrix-matrix products, which XLA:CPU hands to a library and runs op by op.
+    Measured on seed 002's neural ODE (n = 2, P = 282): 8.0 ms → 0.61 ms.
+    """
+    diff0, y0 = eqx.combine(unravel(x), fixed)
+    del diff0
+    y0_flat, unravel_y = ravel_pytree(y0)
+    n, num = y0_flat.shape[0], x.shape[0]
+    s_dtype = jnp.result_type(y0_flat, x)
+    s0 = jax.jacfwd(
+        lambda x: ravel_pytree(eqx.combine(unravel(x), fixed)[1])[0].astype(s_dtype)
+    )(x)
+
+    def f_flat(t, y_flat, x):
+        diff, _ = eqx.combine(unravel(x), fixed)
+        problem = Problem(diff, static, y0, ts, options)
+        return ravel_pytree(problem.f(t, unravel_y(y_flat)))[0]
+
+    def rows(t, y_flat, s, x):
+        f, vjp = jax.vjp(lambda y, x: f_flat(t, y, x), y_flat, x)
+        eye = jnp.eye(n, dtype=f.dtype)
+
+        def row(e):
+            jy, jx = vjp(e)
+            return (jy.astype(s_dtype) @ s + jx.astype(s_dtype))
+
+        if n <= UNROLL_MAX:
+            return f, jnp.stack([row(eye[i]) for i in range(n)])
+        return f, jax.vmap(row)(eye)
+
+    def columns(t, y_flat, s, x):
+        eye = jnp.eye(num, dtype=x.dtype)
+        f_of = lambda y, x: f_flat(t, y, x)  # noqa: E731
+
+        def column(s_j, e_j):
+            return jax.jvp(f_of, (y_flat, x), (s_j.astype(y_flat.dtype), e_j))[1]
+
+        f = f_of(y_flat, x)
+        if num <= UNROLL_MAX:
+            cols = [column(s[:, j], eye[j]) for j in range(num)]
+            return f, jnp.stack(cols, axis=1).astype(s_dtype)
+        return f, jax.vmap(column, in_axes=(1, 0), out_axes=1)(s, eye).astype(s_dtype)
+
+    products = rows if n <= num else columns
+
+    def augmented(t, state, x):
+        y_flat, s = state
+        return products(t, y_flat, s, x)
+
+    solver = options.solver
+    if isinstance(solver, dfx.AbstractAdaptiveSolver):
+        # Error control on `y` alone: the primal solve's norm (an RMS over every
+        # element of y), so the steps are the primal's.
+        controller = dfx.PIDController(
+            rtol=options.rtol, atol=options.atol, norm=lambda err: rms_norm(err[0])
+        )
+    else:
+        controller = make_controller(solver, options.rtol, options.atol, options.dt0)
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(augmented), solver, options.t0, ts[-1], options.dt0,
+        (y0_flat, s0), args=x, saveat=dfx.SaveAt(ts=ts), stepsize_controller=controller,
+        max_steps=options.max_steps, adjoint=dfx.ForwardMode(), throw=False,
+    )
+    flags = diffrax_flags(sol.result)
+    y_flats, ss = sol.ys
+    ys = checked(jax.vmap(unravel_y)(y_flats), result_from_flags(*flags), options.throw)
+    # `S` per save time, `n × P` → each leaf of y with a trailing `P` axis.
+    sens = jax.vmap(jax.vmap(unravel_y, in_axes=1, out_axes=-1))(ss)
+    return sens, (ys, stats_of(sol), flags)
