@@ -55,9 +55,11 @@ METHODS = [
 # Adjoints whose backward state carries μ (p entries) through the implicit solver.
 AUGMENTED = {"BacksolveAdjoint", "InterpolatingAdjoint"}
 PER_METHOD_BUDGET_S = 6.0
-# For skipping only: Forward ≈ this × k × Discrete, with k = min(n, p) Jacobian rows
-# or columns per stage with an explicit solver (the sensitivity equations) and
-# k = n + p tangents with an implicit one (jaxsens/_sensitivity/forward.py).
+# For skipping only: Forward ≈ this × k × Discrete, with k = n + p tangents with an
+# implicit solver, and with an explicit one (the sensitivity equations,
+# jaxsens/_sensitivity/forward.py) k = min(n, p) Jacobian rows or columns per
+# stage, times n·p / 10^4 once the n × p matrix S outgrows the cache (measured
+# 1500× Discrete at n = 1024, p = 2049; a 240 s timeout at n = 4096).
 FORWARD_PER_INPUT = 0.1
 IMPLICIT_AUGMENTED_MAX = 500  # n + p above which AUGMENTED adjoints skip on Kvaerno5
 
@@ -177,7 +179,11 @@ def child(family, n, h, rounds, exclude):
             rows[name] = {"skipped": exclude[name]}
             continue
         if name == "Forward" and "Discrete" in fns:
-            k, k_name = ((n + pr.p, "n+p") if pr.stiff else (min(n, pr.p), "min(n,p)"))
+            if pr.stiff:
+                k, k_name = n + pr.p, "(n+p)"
+            else:
+                k = min(n, pr.p) * max(1.0, n * pr.p / 1e4)
+                k_name = "min(n,p)·max(1, n·p/10⁴)"
             est = FORWARD_PER_INPUT * k * rows["Discrete"]["probe"]
             if est > PER_METHOD_BUDGET_S:
                 rows[name] = {
@@ -396,28 +402,37 @@ def summary(an):
 
 
 READING = """\
-## Reading (explicit and explicit_t10 grids re-run 2026-11-26 14:00 with jaxsens's raised XLA:CPU small-loop limit; stiff grid from the earlier run)
+## Reading (explicit and explicit_t10 grids re-run 2026-11-26 14:45 with the raised XLA:CPU small-loop limit and `Forward` on the sensitivity equations; stiff grid from the earlier run)
 
-- **The raised small-loop limit (jaxsens/_xla.py) moved the explicit crossover
-  down.** Discrete and Backsolve got 2–6× faster on the small explicit points
-  (Discrete 0.31 → 0.048 ms at p = 3); Forward much less, because on these MLP
-  fields its batched tangent matmuls become XLA:CPU library (YNNPACK) fusions,
-  which keep its loop op by op. Forward ÷ Discrete on the `mlp` family is now
-  0.55×, 2.3×, 2.4×, 2.3×, 3.9× at p = 3, 10, 36, 68, 136 (~5 steps; it was
-  0.23, 0.65, 0.83, 1.09, 1.37 with XLA's default limit) and 0.51×, 5.2×, 4.7×,
-  10× at p = 3, 10, 36, 136 on `explicit_t10` (~20 steps; was 0.32, 1.67, 1.81,
-  2.8). **Explicit (Tsit5): Forward wins for p ≲ 4–8 on MLP fields**; with p = 4
-  (`few`) it still beats Discrete at n = 16, 256 and 4096 (0.44×, 0.75×, 0.94×).
-  The stiff grid was not re-run: its Kvaerno5 loops call LAPACK, and a loop with a
-  library call is never compiled whole, so the limit leaves it unchanged (Robertson
-  in the suite: ×1.00). **Stiff (Kvaerno5, 25–36 steps): Forward ÷ Discrete is
+- **`Forward` with an explicit solver now integrates the sensitivity equations**
+  (jaxsens/_sensitivity/forward.py): `n` Jacobian rows (vjps) per stage when
+  `n ≤ p`, `p` columns (jvps) when the state outnumbers the parameters, each a
+  matrix-vector product, so the loop is compiled whole; before, `n + p` tangents
+  were batched through diffrax and their matrix-matrix products (YNNPACK
+  fusions) kept the loop op by op. Forward ÷ Discrete on the `mlp` family is
+  now 0.55, 0.77, 0.91, 1.02, 1.40 at (n, p) = (1, 3), (2, 10), (4, 36),
+  (8, 68), (8, 136) (~5 steps; was 0.55, 2.3, 2.4, 2.3, 3.9) and 0.49, 0.81,
+  1.21, 3.4 at (1, 3), (2, 10), (4, 36), (8, 136) on `explicit_t10` (~20 steps;
+  was 0.51, 5.2, 4.7, 10). With n = 2 it grows slowly with p: 0.90, 1.87, 4.9
+  at p = 160, 1280, 10240 (the n × p matrix rides through every stage). With
+  p = 4 (`few`, columns) it beats Discrete at every state size: 0.44, 0.48, 0.53
+  at n = 16, 256, 4096 (was 0.44, 0.75, 0.94). It is hopeless with many states
+  and many parameters: 30× at (32, 1040), 1500× at (1024, 2049), where the n
+  vmapped rows are matrix-matrix products on an n × p matrix.
+  **Explicit (Tsit5): Forward wins up to n + p ≈ 12 (20 steps) – 20 (5 steps)
+  on MLP fields, and with few parameters whatever n.**
+- The stiff grid was not re-run: `Forward` with an implicit solver still batches
+  its tangents through diffrax's solve (unchanged), and Kvaerno5 loops call
+  LAPACK, and a loop with a library call is never compiled whole, so the limit
+  leaves them unchanged (Robertson in the suite: ×1.00). **Stiff (Kvaerno5, 25–36 steps): Forward ÷ Discrete is
   0.25, 0.85, 0.67, 0.86 at p = 3, 10, 36, 68, then 1.19× at 136, 3.6× at 264:
   Forward wins for p ≲ 70–100** (its tangents reuse the Newton matrix
   factorisation).
 - **Above that, Discrete is the method to pick.** Leaving BacksolveAdjoint aside,
-  Discrete is the fastest method at every explicit point with p ≥ 10, and the
-  fastest or within 1.5× of it at every stiff point with p > 40.
-  BacksolveAdjoint is up to 2.2× faster than Discrete on the explicit family
+  Discrete is the fastest method, or within 1.1× of Forward, at every explicit
+  `mlp` point with n + p ≥ 40 (Forward 0.90–0.91× at (4, 36) and (2, 160) on
+  5-step solves, 1.21× at (4, 36) on 20 steps), and the fastest or within 1.5×
+  of it at every stiff point with p > 40. BacksolveAdjoint is up to 2.3× faster than Discrete on the explicit family
   (mildly damped: decay 0.5, so the backward re-integration is stable), and up
   to 4.5× slower at p ≈ 10⁴, but it **raised at every stiff point**
   (re-integrating a dissipative system backwards diverges; jaxsens detects it
@@ -449,11 +464,14 @@ READING = """\
   method from p = 10 on, and the best continuous adjoint takes 1.2–2.7×
   Discrete's time.
 - A rule this supports: linear → LinearExpm/KrylovExpm (suite); else Forward if
-  n + p ≤ ~8 with an explicit solver or p ≤ ~64 with an implicit one; else
-  Discrete. The continuous adjoints only when memory matters (long horizons), or
-  with ~10⁴ parameters (suite: QuadratureAdjoint 1.25–1.3× faster than Discrete
-  on seed 000's UDE and the long horizon). (`Auto` counts n + p, so a large
-  state with p = 4 gets Discrete where Forward would be up to 2× faster.)
+  n + p ≤ ~8–12 with an explicit solver or p ≤ ~64 with an implicit one; else
+  Discrete. `Auto` keeps 8: between 8 and 12 the two are within 1.3× of each
+  other, and `Auto` counts `y0` as differentiated (n rows), so it cannot tell
+  the `few` case, where Forward takes p columns and wins at any n, from a
+  differentiated `y0` — pass `Forward()` yourself there. The continuous adjoints
+  only when memory matters (long horizons), or with ~10⁴ parameters (suite:
+  QuadratureAdjoint 1.25–1.3× faster than Discrete on seed 000's UDE and the
+  long horizon).
 """
 
 

@@ -76,9 +76,11 @@ class Auto(AbstractSensitivity):
     2. Few inputs to differentiate: `Forward()` when `n + p ≤ forward_threshold`
        (8) with an explicit solver, `≤ forward_threshold_implicit` (64) with an
        implicit one, whose backward pass is dearer.
-       Forward sensitivities carry one tangent per input; with the primal and all
-       tangents in one vmapped solve they beat every reverse method while the
-       tangents are few.
+       Forward sensitivities solve the `n × (n + p)` matrix `∂y/∂(y0, θ)` with
+       `y`: with an explicit solver by the sensitivity equations (`n` Jacobian
+       rows per stage), with an implicit one by `n + p` tangents through the
+       solve. No backward pass: they beat every reverse method while that matrix
+       is small.
     3. Otherwise `Discrete()`: reverse mode through diffrax's steps with recursive
        checkpointing. Measured on CPU (bench/RESULTS.md), it is the fastest
        reverse method, or within 1.3× of it, on every non-linear benchmark problem
@@ -92,21 +94,24 @@ class Auto(AbstractSensitivity):
     `p` counts the inexact-array leaves of a Module field and of `args` (a
     `Control`'s values included, trainable or not, but not its sample times);
     arrays a plain-function field closes over are not counted. `n` is counted
-    because `y0` may be differentiated; when it is not, `Forward` carries only `p`
-    tangents and is cheaper than estimated — pass `Forward()` yourself for a large
-    state with a handful of parameters. The cost model behind
-    `AutoDecision.estimates` (units: one `Discrete` gradient) is `Forward ≈
-    forward_base + forward_per_input · (n + p)` (`forward_base_implicit`,
-    `forward_per_input_implicit` with an implicit solver), `GaussAdjoint ≈
-    gauss_factor`, `InterpolatingAdjoint ≈ interpolating_factor`, fitted to the
-    crossover sweep (`python -m bench.crossover`, bench/results/crossover.md). On
-    this 2-core CPU, with jaxsens's raised XLA:CPU small-loop limit (which speeds
-    up the reverse methods far more than `Forward` on fields with matmuls),
-    Forward ÷ Discrete is 0.51 → 5.2 → 4.7 → 10 at n + p = 4, 12, 40, 144 with
-    Tsit5 (~20 steps; 0.32 → 1.67 → 1.81 → 2.8 with XLA's default limit), and
-    0.28 → 0.77 at n + p = 4, 40 with Kvaerno5 on a stiff family (1.2 → 3.6 at
-    144, 280): crossovers near 8 and 80, and the thresholds keep `Forward` inside
-    its winning region.
+    because `y0` may be differentiated; when it is not and the state outnumbers
+    the parameters, `Forward` with an explicit solver assembles `p` Jacobian
+    columns per stage instead of `n` rows and is far cheaper than estimated
+    (measured 0.44–0.53× Discrete with p = 4 and n = 16 … 4096) — pass
+    `Forward()` yourself for a large state with a handful of parameters. The cost
+    model behind `AutoDecision.estimates` (units: one `Discrete` gradient) is
+    `Forward ≈ forward_base + forward_per_state · n + forward_per_entry · n (n + p)`
+    with an explicit solver, `forward_base_implicit + forward_per_input_implicit
+    · (n + p)` with an implicit one, `GaussAdjoint ≈ gauss_factor`,
+    `InterpolatingAdjoint ≈ interpolating_factor`, fitted to the crossover sweep
+    (`python -m bench.crossover`, bench/results/crossover.md; within a factor of
+    3 of every explicit point below 300× Discrete). On this 2-core CPU, with
+    jaxsens's raised XLA:CPU small-loop limit, Forward ÷ Discrete on an MLP
+    field with Tsit5 is 0.49 → 0.81 → 1.21 → 3.4 at (n, p) = (1, 3), (2, 10),
+    (4, 36), (8, 136) (~20 steps), 0.90 → 1.9 → 4.9 at n = 2 with p = 160,
+    1280, 10240 (~4 steps); with Kvaerno5 on a stiff family it is 0.28 → 0.77 at
+    n + p = 4, 40 (1.2 → 3.6 at 144, 280): crossovers near n + p = 12 and 80,
+    and the thresholds keep `Forward` inside its winning region.
 
     **Arguments:**
 
@@ -130,9 +135,10 @@ class Auto(AbstractSensitivity):
     forward_threshold_implicit: int = 64
     linear_dense_max: int = 2000
     # Cost model (units: one Discrete gradient), see the docstring.
-    forward_base: float = 0.5
+    forward_base: float = 0.4
+    forward_per_state: float = 0.15
+    forward_per_entry: float = 6e-4
     forward_base_implicit: float = 0.3
-    forward_per_input: float = 0.06
     forward_per_input_implicit: float = 0.009
     gauss_factor: float = 1.5
     interpolating_factor: float = 2.5
@@ -175,10 +181,11 @@ class Auto(AbstractSensitivity):
 
         k = n + p
         if facts["implicit"]:
-            base, per_input = self.forward_base_implicit, self.forward_per_input_implicit
+            rel_forward = (self.forward_base_implicit
+                           + self.forward_per_input_implicit * k)
         else:
-            base, per_input = self.forward_base, self.forward_per_input
-        rel_forward = base + per_input * k
+            rel_forward = (self.forward_base + self.forward_per_state * n
+                           + self.forward_per_entry * n * k)
         costs = {"Forward": rel_forward, "Discrete": 1.0,
                  "GaussAdjoint": self.gauss_factor,
                  "InterpolatingAdjoint": self.interpolating_factor}
@@ -189,16 +196,19 @@ class Auto(AbstractSensitivity):
         if k <= threshold:
             method, rule = Forward(), (f"n + p = {k} ≤ {name} = {threshold}: "
                                        "forward sensitivities")
-            reasons = (f"{k} tangent(s) ride along the forward solve (state n = {n}, "
-                       f"p = {p} trainable scalars); no backward pass, and "
-                       "`jax.jvp`/`jax.hessian` work too.",)
+            how = (f"{k} tangents through the solve" if facts["implicit"] else
+                   f"the sensitivity equations, {n} Jacobian row(s) per stage")
+            reasons = (f"The {n} × {k} sensitivity matrix (state n = {n}, p = {p} "
+                       f"trainable scalars) is solved with y by {how}; no backward "
+                       "pass, and `jax.jvp`/`jax.hessian` work too.",)
             chosen = costs["Forward"]
         else:
             method, rule = Discrete(), (f"n + p = {k} > {name} = {threshold}: "
                                         "reverse mode "
                                         "through the solver's steps")
-            reasons = (f"{k} inputs would need {k} forward tangents; one reverse "
-                       "pass costs about 2–3 forward solves whatever p is.",
+            reasons = (f"Forward would solve the {n} × {k} sensitivity matrix with y; "
+                       "one reverse pass costs about 2–3 forward solves whatever "
+                       "p is.",
                        "Discrete is the fastest reverse method, or within 1.3× of "
                        "it, on every non-linear bench problem, with flat memory "
                        "(recursive checkpointing), and its gradient is the exact "

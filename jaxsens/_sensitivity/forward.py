@@ -20,18 +20,33 @@ from .base import (
 
 
 class Forward(AbstractSensitivity):
-    """Forward-mode sensitivities: all `∂y(t_k)/∂(θ, y0)` by batched JVPs.
+    """Forward-mode sensitivities: all `∂y(t_k)/∂(θ, y0)` solved with `y`.
 
-    The solve carries one tangent per input direction (the `p + n` trainable
-    parameters and initial states, vmapped through diffrax's forward-mode solve),
-    giving the full sensitivity matrix `S_k = ∂y(t_k)/∂(θ, y0)`. A gradient is then
-    `Σ_k S_kᵀ ȳ_k` and a JVP `S v`, so `jax.grad`, `jax.jvp`, `jax.jacfwd`,
-    `jax.jacrev` and `jax.hessian` all work. Cost grows with `n + p` (one tangent
-    solve each) and memory with `len(ts) · n · (n + p)`: the method of choice when
-    `n + p` is below about 100, and hopeless for 10^4 parameters (seed 000's
-    27-second gradient).
+    Gives the full sensitivity matrix `S_k = ∂y(t_k)/∂x` for the `P` perturbed
+    inputs `x` (the trainable parameters and initial states a transformation
+    differentiates). A gradient is then `Σ_k S_kᵀ ȳ_k` and a JVP `S v`, so
+    `jax.grad`, `jax.jvp`, `jax.jacfwd`, `jax.jacrev` and `jax.hessian` all work.
 
-    Cites: Dickinson & Gelinas 1976; SciMLSensitivity's `ForwardSensitivity` /
+    - **Explicit solvers** (`Tsit5`, `Dopri5`, …): the forward sensitivity
+      equations `S' = f_y S + f_x` are integrated with `y`, by the same solver on
+      the primal's own steps (error control on `y` only, so `y` and its steps
+      are exactly the plain solve's). For a Runge–Kutta method this `S` is the
+      derivative of the computed solution with its step sizes held fixed.
+      `f_y S + f_x` is assembled from `min(n, P)` Jacobian rows (vjps, when
+      `n ≤ P`) or columns (jvps) per stage, never from `P` tangents: cost grows
+      with `n` when the parameters outnumber the states. Measured (one core):
+      seed 002's neural ODE (n = 2, P = 282) 8.0 → 0.65 ms per gradient.
+    - **Implicit solvers** (`Kvaerno5`, …): one tangent per input, vmapped
+      through diffrax's solve, Newton iterations included (the sensitivity
+      equations would put the `n·P`-sized `S` into every Newton Jacobian). Cost
+      grows with `n + P`.
+
+    Memory grows with `len(ts) · n · P`. The method of choice when `n` (explicit)
+    or `n + p` (implicit) is small — `Auto` picks it there — and hopeless for a
+    large state with many parameters (seed 000's 27-second gradient).
+
+    Cites: Dickinson & Gelinas 1976; Bock 1981 (internal numerical
+    differentiation); SciMLSensitivity's `ForwardSensitivity` /
     `ForwardDiffSensitivity`.
 
     **Example:**
