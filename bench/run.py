@@ -23,8 +23,9 @@ in each round a method is called until `ROUND_S` is spent, at most 50 times, and
 it stops once it has used `BUDGET_S`), reported as median and min of all warm calls; the XLA temp buffers of the
 compiled gradient; the relative error of the gradient against a reference
 (exact `LinearExpm`, `KrylovExpm(tol=1e-12)`, or float64 `Discrete` at
-rtol = atol = 1e-10). `Forward` is skipped when predicted hopeless
-(≈ 0.1–0.4 · p × Discrete's time > `FORWARD_CAP_S`; 1 s with `--quick`).
+rtol = atol = 1e-10). `Forward` is skipped when predicted hopeless (≈ 0.1–0.4 · p
+× Discrete's time with an implicit solver, 0.1 · min(n, p) · max(1, n·p/10⁴) ×
+with an explicit one, > `FORWARD_CAP_S`; 1 s with `--quick`).
 
 `--quick`: heat 30×30, long solve 10^3 steps, methods `QUICK_METHODS`, 5 rounds;
 written to `results/suite_quick.json` and `results/quick.md`. Measured: 3 min
@@ -276,14 +277,23 @@ def _child(name, quick, rounds, exclude):
             }
             continue
         if m == "Forward" and "warm0" in rows.get("Discrete", {}):
-            # Forward ÷ Discrete per differentiated input: ~0.1 for p ≲ 300, up
-            # to ~0.4–0.6 at p ≈ 10^4 (crossover.json; seed 000: 52 s).
-            est = (0.1 if pr.p < 300 else 0.4) * pr.p * rows["Discrete"]["warm0"]
+            # Forward ÷ Discrete (crossover.json): implicit solvers, ~0.1 per
+            # differentiated input for p ≲ 300, up to ~0.4–0.6 at p ≈ 10^4;
+            # explicit ones (the sensitivity equations), ~0.1 per Jacobian row
+            # or column, min(n, p) of them, times n·p / 10^4 once the n × p
+            # sensitivity matrix outgrows the cache (1500× at n = 1024, p = 2049).
+            if isinstance(pr.solver, dfx.AbstractImplicitSolver):
+                factor = (0.1 if pr.p < 300 else 0.4) * pr.p
+                how = f"0.1–0.4 · p × Discrete, p = {pr.p}"
+            else:
+                factor = 0.1 * min(pr.n, pr.p) * max(1.0, pr.n * pr.p / 1e4)
+                how = (f"0.1 · min(n, p) · max(1, n·p/10⁴) × Discrete, n = {pr.n}, "
+                       f"p = {pr.p}")
+            est = factor * rows["Discrete"]["warm0"]
             if est > fwd_cap:
                 rows[m] = {
                     "skipped": f"hopeless: predicted ≈ {est:.0f} s per gradient "
-                    f"(≈ 0.1–0.4 · p × Discrete, p = {pr.p}); cap "
-                    f"{fwd_cap:.0f} s"
+                    f"(≈ {how}); cap {fwd_cap:.0f} s"
                 }
                 continue
         say(start=m)
