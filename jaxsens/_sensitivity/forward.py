@@ -125,8 +125,10 @@ def _forward_solve_jvp(primals, tangents, *, static, ts, options):
 
 
 # Up to this many Jacobian rows (or columns) per stage are formed one product at a
-# time; above it, by one vmapped product.
-UNROLL_MAX = 16
+# time; above it, by one vmapped product. Measured (MLP field, Tsit5, one core):
+# n = 8 one at a time 0.40 ms against 1.00 ms vmapped; n = 16 the same speed
+# either way (3.6 / 3.4 ms) but twice the compile time one at a time (3.3 / 1.7 s).
+UNROLL_MAX = 8
 
 
 def _sensitivity_solve(x, unravel, fixed, static, ts, options):
