@@ -52,6 +52,19 @@ TOPIC_FILES = [
 FINDINGS = """\
 ## Findings (written 2026-11-26 from the runs below; re-check after a re-run)
 
+- **`Forward` with an explicit solver integrates the sensitivity equations**
+  (`S' = f_y S + f_θ` on the primal's own steps, assembled from `n` Jacobian rows
+  or `p` columns per stage, one matrix-vector product each) instead of batching
+  `n + p` tangents through diffrax, whose matrix-matrix products XLA:CPU hands to
+  a library and runs op by op. Seed 002 (n = 2, p = 282): 7.4 ms → 0.59 ms (1
+  control, Discrete 0.54 ms), 1.22 s → 331 ms (100 controls, vmapped); Lotka–
+  Volterra: Forward is now the fastest jaxsens method (109 µs, Discrete 144 µs,
+  Backsolve 142 µs in this run); seed 000 (n = 100, p = 10⁴): 6.9 s per gradient
+  (was 27–43 s; the seed's ForwardDiff 27.5 s). Crossover (results/crossover.md):
+  Forward ÷ Discrete 0.49, 0.81, 1.21, 3.4 at n + p = 4, 12, 40, 144 (was 0.51,
+  5.2, 4.7, 10), and 0.44–0.53 with p = 4 at any state size. Implicit solvers
+  (Robertson) keep the batched tangents: unchanged.
+
 - **XLA:CPU's small-loop limit sets the speed of small solves.** XLA:CPU runs a
   program op by op (~0.1–1 µs per op) except `while` loops moving under
   `xla_cpu_small_while_loop_byte_threshold` bytes per iteration (1 KiB by
@@ -76,8 +89,9 @@ FINDINGS = """\
   torchdiffeq `odeint_adjoint` return gradients off by 1e18–1e119 without an
   error (backward re-integration of a dissipative system). jaxsens's
   `BacksolveAdjoint` raises instead on the same problems.
-- **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 27–43 s per gradient on
-  seed 000 (results/linear.md and one suite run), vs 1.7 ms for `LinearExpm`.
+- **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 6.9 s per gradient on
+  seed 000 with the sensitivity equations (27–43 s with batched tangents,
+  results/linear.md), vs 1.9 ms for `LinearExpm`.
 - **Seed 000 UDE (p ≈ 10^4)**: `QuadratureAdjoint` 9.3 ms and `GaussAdjoint`
   10.0 ms are the fastest, ahead of Discrete 11.7 ms and diffrax RCA 12.1 ms
   (Interpolating ≈ 31 ms); Auto still picks Discrete (1.25× the fastest).
