@@ -3,6 +3,7 @@ Jacobian rows (n ≤ P) or columns (n > P), one product at a time or vmapped,
 against `Discrete` and finite differences; the primal unchanged; the loop
 compiled whole on an MLP field."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -134,3 +135,32 @@ def test_many_parameters_few_states():
     got, ref = grad(mlp, jaxsens.Forward()), grad(mlp, jaxsens.Discrete())
     assert rel_err(eqx.filter(got, eqx.is_inexact_array),
                    eqx.filter(ref, eqx.is_inexact_array)) < 1e-8
+
+
+def test_step_budget_constant_steps_and_t0():
+    theta, y0 = jnp.array([0.3, -0.2, 0.5]), jnp.array([1.0, 0.5])
+    grad = eqx.filter_jit(jax.grad(lambda th, kw: _loss_kw(th, y0, jaxsens.Forward(), kw)))
+    ref = eqx.filter_jit(jax.grad(lambda th, kw: _loss_kw(th, y0, jaxsens.Discrete(), kw)))
+    # An exhausted step budget raises under differentiation too.
+    with pytest.raises(eqx.EquinoxRuntimeError, match="used all of `max_steps`"):
+        grad(theta, _Kw(max_steps=2))
+    # Constant steps (no error estimate, `dt0`) and t0 before the first save time.
+    for kw in (_Kw(solver=diffrax.Euler(), dt0=0.01), _Kw(t0=-0.5)):
+        got, want = grad(theta, kw), ref(theta, kw)
+        assert rel_err(got, want) < 1e-8, (kw, got, want)
+
+
+class _Kw(eqx.Module):
+    """Keyword arguments for `solve` (static under `eqx.filter_jit`)."""
+
+    solver: diffrax.AbstractSolver | None = None
+    dt0: float | None = None
+    t0: float | None = None
+    max_steps: int = 4096
+
+
+def _loss_kw(theta, y0, method, kw):
+    ys = jaxsens.solve(_field, y0, TS, theta, rtol=1e-10, atol=1e-10, t0=kw.t0,
+                       solver=kw.solver, dt0=kw.dt0, max_steps=kw.max_steps,
+                       sensitivity=method).ys
+    return jnp.sum(jnp.sin(1.0 + ys) * ys)
