@@ -35,6 +35,9 @@ ENV = "JAXSENS_SMALL_LOOP_BYTES"
 DEFAULT_BYTES = 1 << 20
 XLA_DEFAULT_BYTES = 1024
 _EXTRA = "--xla_backend_extra_options="
+# In a compiled program's text (`jax.jit(f).lower(...).compile().as_text()`):
+# present when XLA:CPU compiled a loop whole.
+WHOLE_LOOP_MARKER = "xla_cpu_small_call"
 
 # What `configure` did, for `explain`: one sentence.
 status = "not configured: `jaxsens._xla.configure()` has not run"
@@ -119,7 +122,7 @@ def in_effect() -> bool:
     x = jax.ShapeDtypeStruct((1000,), jnp.float32)
     n = jax.ShapeDtypeStruct((), jnp.int32)
     text = jax.jit(loop).lower(x, n).compile().as_text()
-    return "xla_cpu_small_call" in text
+    return WHOLE_LOOP_MARKER in text
 
 
 def note() -> str | None:

@@ -99,8 +99,9 @@ def make_controller(solver, rtol, atol, dt0, norm=None):
 
 
 def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None,
-                  saveat=None, max_steps=None):
-    """The forward solve every method shares: diffrax, saving at `ts`."""
+                  saveat=None, max_steps=None, norm=None):
+    """The forward solve every method shares: diffrax, saving at `ts` (`norm`: the
+    step-size controller's error norm, default diffrax's RMS over all of `y0`)."""
     t0 = options.t0 if t0 is None else t0
     if saveat is None:
         saveat = dfx.SaveAt(ts=ts, dense=dense)
@@ -114,7 +115,7 @@ def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None
         args=args,
         saveat=saveat,
         stepsize_controller=make_controller(
-            options.solver, options.rtol, options.atol, options.dt0
+            options.solver, options.rtol, options.atol, options.dt0, norm
         ),
         max_steps=options.max_steps if max_steps is None else max_steps,
         adjoint=adjoint,

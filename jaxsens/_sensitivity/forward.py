@@ -13,7 +13,6 @@ from .base import (
     checked,
     diffrax_flags,
     diffrax_solve,
-    make_controller,
     result_from_flags,
     stats_of,
 )
@@ -195,13 +194,8 @@ def _sensitivity_solve(x, unravel, fixed, static, ts, options):
 
     # Error control on `y` alone, by the primal solve's norm (an RMS over every
     # element of y), so the steps are the primal's.
-    controller = make_controller(options.solver, options.rtol, options.atol,
-                                 options.dt0, norm=lambda err: rms_norm(err[0]))
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(augmented), options.solver, options.t0, ts[-1], options.dt0,
-        (y0_flat, s0), args=x, saveat=dfx.SaveAt(ts=ts), stepsize_controller=controller,
-        max_steps=options.max_steps, adjoint=dfx.ForwardMode(), throw=False,
-    )
+    sol = diffrax_solve(augmented, (y0_flat, s0), ts, x, options,
+                        adjoint=dfx.ForwardMode(), norm=lambda err: rms_norm(err[0]))
     flags = diffrax_flags(sol.result)
     y_flats, ss = sol.ys
     ys = checked(jax.vmap(unravel_y)(y_flats), result_from_flags(*flags), options.throw)

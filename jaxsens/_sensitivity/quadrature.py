@@ -149,6 +149,8 @@ class QuadratureAdjoint(AbstractAdjoint):
             n_chunks = (count + self.chunk - 1) // self.chunk
             return lax.fori_loop(0, n_chunks, integrate_chunk, mu)
 
+        stops, piece = forward_stops(interp), piece_of(interp)
+
         # The pass runs in segments of at most `seg` steps, so the store holds
         # `seg` steps whatever the step budget: each segment's nodes are
         # integrated when it ends, and the next segment goes on from where it
@@ -168,8 +170,7 @@ class QuadratureAdjoint(AbstractAdjoint):
                 max_steps=jnp.minimum(seg, max_steps - used),
                 dt0=problem.options.dt0, on_step=on_step,
                 extra0=(bufs, jnp.array(0, jnp.int32)),
-                stop_times=forward_stops(interp), piece_of=piece_of(interp),
-                dt_start=dt,
+                stop_times=stops, piece_of=piece, dt_start=dt,
             )
             bufs, count = out.extra
             mu = integrate(bufs, count, mu)
