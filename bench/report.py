@@ -64,6 +64,13 @@ FINDINGS = """\
   Forward ÷ Discrete 0.49, 0.81, 1.21, 3.4 at n + p = 4, 12, 40, 144 (was 0.51,
   5.2, 4.7, 10), and 0.44–0.53 with p = 4 at any state size. Implicit solvers
   (Robertson) keep the batched tangents: unchanged.
+- **No continuous adjoint can match diffrax RCA on seed 002 (1 control, 100 save
+  times)** (results/core_profile.md): λ jumps at each save time, so the backward
+  pass takes ≥ 99 steps where the forward took 43, each step after a jump costs 7
+  vjps of the field (0.69 µs each) on top of the 107 µs primal: a lower bound of
+  584 µs, 1.53× RCA's 382 µs, with every other cost of the loop taken as zero.
+  BacksolveAdjoint takes 669 µs. With 10 save times it takes 1.02× RCA's time.
+  `Discrete` (0.97× RCA) is the method for such problems, and Auto picks it.
 
 - **XLA:CPU's small-loop limit sets the speed of small solves.** XLA:CPU runs a
   program op by op (~0.1–1 µs per op) except `while` loops moving under
