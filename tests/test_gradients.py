@@ -146,8 +146,24 @@ def test_stiff_linear_kvaerno5_matches_exact(method_name):
         assert rel_err(g, e) < 1e-4, (method_name, part, rel_err(g, e))
 
 
+def test_discrete_stores_every_step_up_to_256_kib():
+    from jaxsens._sensitivity.discrete import default_checkpoints
+
+    # max_steps copies of the state: 8 float64 × 4096 = 256 KiB is stored whole,
+    # one more byte's worth of state is not; float32 halves the bytes.
+    assert default_checkpoints(jnp.zeros(8, jnp.float64), 4096) == 4096
+    assert default_checkpoints(jnp.zeros(9, jnp.float64), 4096) is None
+    assert default_checkpoints(jnp.zeros(16, jnp.float32), 4096) == 4096
+    assert default_checkpoints(jnp.zeros(64, jnp.float64), 4096) is None
+    assert default_checkpoints(jnp.zeros(64, jnp.float64), 512) == 512
+    # A PyTree state counts every leaf, each in its own dtype.
+    tree = {"a": jnp.zeros(4, jnp.float64), "b": jnp.zeros(9, jnp.float32)}
+    assert default_checkpoints(tree, 4096) is None  # 4·8 + 9·4 = 68 B > 64 B
+    assert default_checkpoints(tree, 2048) == 2048
+
+
 def test_discrete_store_all_equals_recursive_checkpointing():
-    # `Discrete()` stores every step on small problems (n · max_steps ≤ 2^19);
+    # `Discrete()` stores every step on small problems (`default_checkpoints`);
     # diffrax's recursive checkpointing (recomputation) must give the same
     # gradient, to rounding.
     name = sorted(set(PROBLEMS) - {"decay"})[0]
