@@ -62,9 +62,10 @@ class Discrete(AbstractSensitivity):
         median, one core, jaxsens's XLA:CPU small-loop limit): storing every step
         is 1.4–1.6× faster at n = 2 … 8 (Lotka–Volterra 92 against 123 µs),
         equal at n = 16 with many steps, but 1.5–3× slower from n = 16 to 128
-        with few steps (n = 64, 4 steps: 486 against 155 µs) and 10 % slower on
-        seed 000's UDE (n = 100). `vmap` over solves multiplies the store by the
-        batch size, which the rule cannot see: pass `checkpoints=` to override.
+        with few steps (n = 64, 4 steps: 486 against 155 µs); on seed 000's UDE
+        (n = 100, an expensive field) the two are within 6 % either way. `vmap`
+        over solves multiplies the store by the batch size, which the rule cannot
+        see: pass `checkpoints=` to override.
     - `forward_mode`: see above.
 
     Cites: Griewank & Walther 2000 (binomial checkpointing, "revolve"); Kidger 2021
