@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import ArrayLike, Float, PyTree
 
-from ._sensitivity.auto import Auto
+from ._sensitivity.auto import Auto, has_tracer
 from ._sensitivity.base import AbstractSensitivity, SolveOptions, static_times
 from ._solution import Solution
 
@@ -147,6 +147,9 @@ def solve(
         if isinstance(tol, (int, float)) and not tol > 0:
             raise ValueError(f"`{name}` must be positive, got {tol!r}.")
 
+    # Before the checks below turn it into a traced value inside `jit`: whether
+    # `y0` can be differentiated at all, for `Auto`.
+    y0_traced = has_tracer(y0)
     dtype = _float_dtype(y0)
     y0 = _as_state(y0, dtype)
     known_times = static_times(t0, ts, dtype)
@@ -188,7 +191,7 @@ def solve(
     options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times)
     method = sensitivity
     if isinstance(method, Auto):
-        method = method.choose(field, y0, ts, args, solver=solver)
+        method = method.choose(field, y0, ts, args, solver=solver, y0_traced=y0_traced)
     # Each method raises (when `throw`) inside its own primal computation.
     ys, stats, result = method.solve(field, y0, ts, args, options)
     return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method)
