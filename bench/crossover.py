@@ -469,9 +469,11 @@ READING = """\
 - A rule this supports: linear → LinearExpm/KrylovExpm (suite); else Forward if
   n + p ≤ ~8–12 with an explicit solver or p ≤ ~64 with an implicit one; else
   Discrete. `Auto` keeps 8: between 8 and 12 the two are within 1.3× of each
-  other, and `Auto` counts `y0` as differentiated (n rows), so it cannot tell
-  the `few` case, where Forward takes p columns and wins at any n, from a
-  differentiated `y0` — pass `Forward()` yourself there. The continuous adjoints
+  other. The `few` case, where Forward takes p columns and wins at any n, needs
+  `y0` not differentiated: inside a trace `Auto` counts `y0` only when it is
+  traced, and picks Forward for p ≤ 4 when it is not
+  (results/forward_columns.md: 0.18–0.67× Discrete for p ≤ 4, n ≤ 4096). The
+  continuous adjoints
   only when memory matters (long horizons), or with ~10⁴ parameters (suite:
   QuadratureAdjoint 1.25–1.3× faster than Discrete on seed 000's UDE and the
   long horizon).

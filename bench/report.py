@@ -29,6 +29,7 @@ TOPIC_FILES = [
         "what jaxsens's raised limit buys",
     ),
     ("core_profile.md", "where the adjoints' time goes (profile)"),
+    ("forward_columns.md", "Forward by Jacobian columns vs Discrete, y0 not differentiated"),
     (
         "loop_dtype.md",
         "float32 against float64 inner while loops on XLA:CPU, with XLA's default "

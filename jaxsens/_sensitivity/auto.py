@@ -131,8 +131,8 @@ class Auto(AbstractSensitivity):
     the parameters are differentiated: `Auto(y0_differentiated=False)` says so.
     Forward by columns, with `y0` not differentiated, measured against
     Discrete (Tsit5, 5 save times, `n` = 16 … 4096, `python -m
-    bench.forward_columns`): 0.21–0.28 at p = 1, 0.25–0.69 at p = 4, 1.09–1.40
-    at p = 6 with n ≥ 1024.
+    bench.forward_columns`): 0.18–0.27 at p = 1, 0.30–0.67 at p = 4, 1.17–1.50
+    at p = 6 with n ≥ 1024 (0.34–0.61 below).
 
     The cost model behind `AutoDecision.estimates` (units: one `Discrete`
     gradient) is
