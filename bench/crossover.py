@@ -402,7 +402,13 @@ def summary(an):
 
 
 READING = """\
-## Reading (explicit and explicit_t10 grids re-run 2026-11-26 14:45 with the raised XLA:CPU small-loop limit and `Forward` on the sensitivity equations; stiff grid from the earlier run)
+## Reading (explicit and explicit_t10 grids re-run 2026-11-26 17:09 with the raised XLA:CPU small-loop limit, `Forward` on the sensitivity equations and `Discrete` storing every step only up to 256 KiB; stiff grid from the earlier run)
+
+- **`Discrete` is 1.2–1.9× faster at n = 16–64 than in the 14:45 run**: it no
+  longer stores every step when `max_steps` states exceed 256 KiB (a store sized
+  by `max_steps`, 4096 here, whatever the steps taken): (64, 8256) 0.79 → 0.41
+  ms, (32, 1040) 0.29 → 0.21 ms, `explicit_t10` (64, 64) 1.52 → 0.89 ms; points
+  with n ≤ 8 keep the store (unchanged within noise).
 
 - **`Forward` with an explicit solver now integrates the sensitivity equations**
   (jaxsens/_sensitivity/forward.py): `n` Jacobian rows (vjps) per stage when
@@ -410,17 +416,17 @@ READING = """\
   matrix-vector product, so the loop is compiled whole; before, `n + p` tangents
   were batched through diffrax and their matrix-matrix products (YNNPACK
   fusions) kept the loop op by op. Forward ÷ Discrete on the `mlp` family is
-  now 0.55, 0.77, 0.91, 1.02, 1.40 at (n, p) = (1, 3), (2, 10), (4, 36),
-  (8, 68), (8, 136) (~5 steps; was 0.55, 2.3, 2.4, 2.3, 3.9) and 0.49, 0.81,
-  1.21, 3.4 at (1, 3), (2, 10), (4, 36), (8, 136) on `explicit_t10` (~20 steps;
-  was 0.51, 5.2, 4.7, 10). With n = 2 it grows slowly with p: 0.90, 1.87, 4.9
-  at p = 160, 1280, 10240 (the n × p matrix rides through every stage). With
-  p = 4 (`few`, columns) it beats Discrete at every state size: 0.44, 0.48, 0.53
+  now 0.66, 0.77, 0.86, 1.01, 1.29 at (n, p) = (1, 3), (2, 10), (4, 36),
+  (8, 68), (8, 136) (~5 steps; was 0.55, 2.3, 2.4, 2.3, 3.9 with batched
+  tangents) and 0.53, 0.76, 1.01, 2.9 at (1, 3), (2, 10), (4, 36), (8, 136) on
+  `explicit_t10` (~20 steps; was 0.51, 5.2, 4.7, 10). With n = 2 it grows slowly
+  with p: 0.92, 1.75, 4.8 at p = 160, 1280, 10240 (the n × p matrix rides through every stage). With
+  p = 4 (`few`, columns) it beats Discrete at every state size: 0.53, 0.47, 0.57
   at n = 16, 256, 4096 (was 0.44, 0.75, 0.94). It is hopeless with many states
-  and many parameters: 30× at (32, 1040), 1500× at (1024, 2049), where the n
+  and many parameters: 47× at (32, 1040), 530× at (64, 8256) (1500× at
+  (1024, 2049) in the 14:45 run; skipped now as predicted hopeless), where the n
   vmapped rows are matrix-matrix products on an n × p matrix.
-  **Explicit (Tsit5): Forward wins up to n + p ≈ 12 (20 steps) – 20 (5 steps)
-  on MLP fields, and with few parameters whatever n.** (The n = 16 points ran
+  **Explicit (Tsit5): Forward wins up to n + p ≈ 12–40 on MLP fields, and with few parameters whatever n.** (The n = 16 points ran
   with the 16 rows formed one at a time; `UNROLL_MAX` is now 8, so they are
   vmapped: the same speed, 3.6 against 3.4 ms at (16, 264) on 20 steps, and
   half the compile time, 3.3 → 1.7 s.)
@@ -433,25 +439,26 @@ READING = """\
   factorisation).
 - **Above that, Discrete is the method to pick.** Leaving BacksolveAdjoint aside,
   Discrete is the fastest method, or within 1.1× of Forward, at every explicit
-  `mlp` point with n + p ≥ 40 (Forward 0.90–0.91× at (4, 36) and (2, 160) on
-  5-step solves, 1.21× at (4, 36) on 20 steps), and the fastest or within 1.5×
-  of it at every stiff point with p > 40. BacksolveAdjoint is up to 2.3× faster than Discrete on the explicit family
+  `mlp` point with n + p ≥ 40 (Forward 0.86–0.92× at (4, 36) and (2, 160) on
+  5-step solves, 1.01× at (4, 36) on 20 steps), and the fastest or within 1.5×
+  of it at every stiff point with p > 40. BacksolveAdjoint is up to 2.2× faster than Discrete on the explicit family
   (mildly damped: decay 0.5, so the backward re-integration is stable), and up
   to 4.5× slower at p ≈ 10⁴, but it **raised at every stiff point**
   (re-integrating a dissipative system backwards diverges; jaxsens detects it
   and raises instead of returning a wrong gradient) and on seed 000, the UDE and
   the heat equation in the suite. Use it only when it is known to be stable.
-- **The continuous adjoints cost 1.2–2.9× Discrete's time on the explicit `mlp`
-  points with n ≤ 64** (GaussAdjoint or QuadratureAdjoint the best of them from
-  p ≈ 1000 on). **GaussAdjoint is the best continuous adjoint on the stiff
+- **The continuous adjoints other than Backsolve cost 1.3–6.8× Discrete's time
+  on the explicit `mlp` points with n ≤ 64** (GaussAdjoint or QuadratureAdjoint
+  the best of them from p ≈ 1000 on; the upper end grew with Discrete's faster
+  default at n ≥ 16). **GaussAdjoint is the best continuous adjoint on the stiff
   problem** (0.75–1.7× Discrete's time, mostly 0.9–1.1×). The adjoints whose
   backward state carries the p parameter adjoints through the implicit solver
   (Interpolating, Backsolve) blow up with p on Kvaerno5: InterpolatingAdjoint
   591 ms vs Discrete 14 ms at n + p = 280, and > 240 s at 544 (QuadratureAdjoint
   too); skipped above 500.
 - **Interpolating/Quadrature/Gauss adjoints slow down badly with the state size n**
-  on the explicit problem, regardless of p: at p = 4, n = 256 they take 23–25 ms
-  vs Discrete's 0.46 ms, at n = 4096 359–385 ms vs 4.7 ms. **Cause: the forward
+  on the explicit problem, regardless of p: at p = 4, n = 256 they take 24–26 ms
+  vs Discrete's 0.48 ms, at n = 4096 382–461 ms vs 5.0 ms. **Cause: the forward
   dense output they read is preallocated from `max_steps`** (≈ 4096 × 8 × n
   floats; XLA temp 256 MB at n = 1024 with the default `max_steps = 4096`) and the
   time follows the buffer, not the steps taken (measured before: `few`,
@@ -463,8 +470,9 @@ READING = """\
   error on seed 000's stiff variant (results/linear.md).
 - Caveat: on t ∈ [0, 1] the explicit solves take 3–8 steps, so small points are
   dominated by per-call overheads; `explicit_t10` (t ∈ [0, 10], n = h, 19–23
-  steps) is the more realistic explicit curve. There, Discrete is the fastest
-  method from p = 10 on, and the best continuous adjoint takes 1.2–2.7×
+  steps) is the more realistic explicit curve. There, leaving Backsolve aside
+  (0.83–0.94× Discrete up to p = 136, 1.4–3.1× above), Discrete is the fastest
+  method from p = 36 on, and the best other continuous adjoint takes 1.3–3.9×
   Discrete's time.
 - A rule this supports: linear → LinearExpm/KrylovExpm (suite); else Forward if
   n + p ≤ ~8–12 with an explicit solver or p ≤ ~64 with an implicit one; else

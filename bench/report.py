@@ -62,8 +62,8 @@ FINDINGS = """\
   Volterra: Forward is now the fastest jaxsens method (109 µs, Discrete 144 µs,
   Backsolve 142 µs in this run); seed 000 (n = 100, p = 10⁴): 6.9 s per gradient
   (was 27–43 s; the seed's ForwardDiff 27.5 s). Crossover (results/crossover.md):
-  Forward ÷ Discrete 0.49, 0.81, 1.21, 3.4 at n + p = 4, 12, 40, 144 (was 0.51,
-  5.2, 4.7, 10), and 0.44–0.53 with p = 4 at any state size. Implicit solvers
+  Forward ÷ Discrete 0.53, 0.76, 1.01, 2.9 at n + p = 4, 12, 40, 144 (was 0.51,
+  5.2, 4.7, 10), and 0.47–0.57 with p = 4 at any state size. Implicit solvers
   (Robertson) keep the batched tangents: unchanged.
 - **No continuous adjoint can match diffrax RCA on seed 002 (1 control, 100 save
   times)** (results/core_profile.md): λ jumps at each save time, so the backward

@@ -145,8 +145,8 @@ class Auto(AbstractSensitivity):
     (`python -m bench.crossover`, bench/results/crossover.md; within a factor of
     3 of every explicit point below 300× Discrete). On this 2-core CPU, with
     jaxsens's raised XLA:CPU small-loop limit, Forward ÷ Discrete on an MLP
-    field with Tsit5 is 0.49 → 0.81 → 1.21 → 3.4 at (n, p) = (1, 3), (2, 10),
-    (4, 36), (8, 136) (~20 steps), 0.90 → 1.9 → 4.9 at n = 2 with p = 160,
+    field with Tsit5 is 0.53 → 0.76 → 1.01 → 2.9 at (n, p) = (1, 3), (2, 10),
+    (4, 36), (8, 136) (~20 steps), 0.92 → 1.75 → 4.8 at n = 2 with p = 160,
     1280, 10240 (~4 steps); with Kvaerno5 on a stiff family it is 0.28 → 0.77 at
     n + p = 4, 40 (1.2 → 3.6 at 144, 280): crossovers near n + p = 12 and 80,
     and the thresholds keep `Forward` inside its winning region.
