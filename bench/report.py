@@ -100,9 +100,12 @@ FINDINGS = """\
 - **Forward is hopeless at p ≈ 10^4, as seed 000 said**: 6.9 s per gradient on
   seed 000 with the sensitivity equations (27–43 s with batched tangents,
   results/linear.md), vs 1.9 ms for `LinearExpm`.
-- **Seed 000 UDE (p ≈ 10^4)**: `QuadratureAdjoint` 9.3 ms and `GaussAdjoint`
-  10.0 ms are the fastest, ahead of Discrete 11.7 ms and diffrax RCA 12.1 ms
-  (Interpolating ≈ 31 ms); Auto still picks Discrete (1.25× the fastest).
+- **Seed 000 UDE (p ≈ 10^4)**: `QuadratureAdjoint` 10.1 ms and `GaussAdjoint`
+  10.2 ms are the fastest, ahead of Discrete 12.7 ms and diffrax RCA 13.0 ms
+  (Interpolating ≈ 35 ms); Auto still picks Discrete (1.26× the fastest).
+  Discrete no longer stores every step here (n = 100: 3.2 MB of states at
+  `max_steps` = 4096, above its 256 KiB limit): XLA temporaries 6.7 → 0.5 MB,
+  compile 3.1 → 4.1 s (diffrax RCA's 4.2 s), warm time unchanged within noise.
   Quadrature took 31 ms while its node store was sized by the backward step
   budget; it now holds 256 steps and is integrated whenever it fills.
 - **Long horizon (10^4 steps)**: `QuadratureAdjoint` 0.49 s is the fastest, ahead

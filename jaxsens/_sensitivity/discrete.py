@@ -63,7 +63,10 @@ class Discrete(AbstractSensitivity):
         is 1.4–1.6× faster at n = 2 … 8 (Lotka–Volterra 92 against 123 µs),
         equal at n = 16 with many steps, but 1.5–3× slower from n = 16 to 128
         with few steps (n = 64, 4 steps: 486 against 155 µs); on seed 000's UDE
-        (n = 100, an expensive field) the two are within 6 % either way. `vmap`
+        (n = 100, an expensive field) the two are within 6 % either way. The
+        recursive path compiles about 0.9 s longer (bench/results/crossover.md,
+        first calls at n = 16–64; the same as diffrax's default) and keeps 0.5 MB
+        of temporaries where the store took 6.7 MB at n = 100. `vmap`
         over solves multiplies the store by the batch size, which the rule cannot
         see: pass `checkpoints=` to override.
     - `forward_mode`: see above.
