@@ -24,37 +24,38 @@ def _without_sample_times(tree):
     )
 
 
+def _param_leaves(field, args) -> list:
+    """The trainable leaves: inexact arrays of the field and of `args` (Python
+    floats in `args` count, as `solve` makes them arrays; a `Control`'s sample
+    times do not)."""
+    tree = _without_sample_times((field, float_args_as_arrays(args)))
+    return jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
+
+
+def _size(leaves) -> int:
+    return sum(int(np.size(x)) for x in leaves)
+
+
 def count_sizes(field, y0, args) -> tuple[int, int]:
     """`(n, p)`: state size and number of trainable scalars (field leaves + args,
     not counting `Control` sample times)."""
-    n = sum(int(np.size(x)) for x in jtu.tree_leaves(y0))
-    args = float_args_as_arrays(args)  # trainable scalars in `solve`: count them
-    params = eqx.filter(_without_sample_times((field, args)), eqx.is_inexact_array)
-    p = sum(int(np.size(x)) for x in jtu.tree_leaves(params))
-    return n, p
-
-
-def _is_tracer(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
+    return _size(jtu.tree_leaves(y0)), _size(_param_leaves(field, args))
 
 
 def has_tracer(tree) -> bool:
     """Whether any leaf of `tree` is a JAX tracer (it may then be differentiated;
     a concrete array never is)."""
-    return any(_is_tracer(x) for x in jtu.tree_leaves(tree))
+    return any(isinstance(x, jax.core.Tracer) for x in jtu.tree_leaves(tree))
 
 
 def traced_param_size(field, y0, ts, args) -> int:
-    """Number of scalars among the traced inexact leaves of the field (arrays a
+    """Number of scalars among the traced trainable leaves of the field (arrays a
     plain function closes over included, found by closure conversion) and of
-    `args` (a `Control`'s sample times excluded). Inside `jit`/`grad`/`vmap`
-    these are the parameters that can be differentiated."""
+    `args`. Inside `jit`/`grad`/`vmap` these are the parameters that can be
+    differentiated."""
     t = jnp.asarray(ts)[0] if jnp.ndim(ts) else jnp.asarray(ts)
     converted = eqx.filter_closure_convert(field, t, y0, args)
-    args = _without_sample_times(float_args_as_arrays(args))
-    leaves = [x for x in jtu.tree_leaves((converted, args))
-              if _is_tracer(x) and jnp.issubdtype(x.dtype, jnp.inexact)]
-    return sum(int(np.size(x)) for x in leaves)
+    return _size([x for x in _param_leaves(converted, args) if has_tracer(x)])
 
 
 @dataclasses.dataclass(frozen=True)

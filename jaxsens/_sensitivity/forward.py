@@ -175,12 +175,12 @@ def _sensitivity_solve(x, unravel, fixed, static, ts, options):
 
     def columns(t, y_flat, s, x):
         eye = jnp.eye(num, dtype=x.dtype)
-        f_of = lambda y, x: f_flat(t, y, x)  # noqa: E731
+        # The field once, then one Jacobian-vector product per column.
+        f, jvp = jax.linearize(lambda y, x: f_flat(t, y, x), y_flat, x)
 
         def column(s_j, e_j):
-            return jax.jvp(f_of, (y_flat, x), (s_j.astype(y_flat.dtype), e_j))[1]
+            return jvp(s_j.astype(y_flat.dtype), e_j)
 
-        f = f_of(y_flat, x)
         if num <= UNROLL_MAX:
             cols = [column(s[:, j], eye[j]) for j in range(num)]
             return f, jnp.stack(cols, axis=1).astype(s_dtype)
