@@ -24,6 +24,8 @@ Writes `bench/results/core.md` and `bench/results/core_*.png`.
 """
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -195,25 +197,36 @@ def reference_grad(problem):
 
 # --- backward step counts (instrumentation; never used while timing) -------------
 
-_COUNTS = []
+_COUNTS = []  # (num_steps, num_accepted, result) of each backward loop run
+_VF_CALLS = [0]  # evaluations of the backward field, summed over those runs
+_ADJOINT_MODULES = ("interpolating", "backsolve", "quadrature", "gauss")
 
 
-def _patch_backward_loop():
-    """Wrap jaxsens's backward loop to record `(num_steps, num_accepted)`.
-
-    Patches the name in each adjoint's module (bench-side only; jaxsens untouched).
-    """
-    import importlib
-
+@contextlib.contextmanager
+def counting_backward_loops():
+    """Within the block, jaxsens's backward loops (traced inside it) record into
+    `_COUNTS` and `_VF_CALLS` when they run. Patches the name in each adjoint's
+    module and restores it on exit (bench-side only; jaxsens untouched)."""
     loop_mod = importlib.import_module("jaxsens._sensitivity._loop")
     orig = loop_mod.backward_loop
+    mods = [importlib.import_module(f"jaxsens._sensitivity.{m}")
+            for m in _ADJOINT_MODULES]
+
+    def count_vf_call():
+        _VF_CALLS[0] += 1
 
     def recording(**kw):
-        out = orig(**kw)
-        if kw["vf"].__qualname__.startswith("_resolve."):
+        vf = kw["vf"]
+        if vf.__qualname__.startswith("_resolve."):
             # A checkpointed re-solve of `y` (forward in time, no save-time jumps)
             # runs through the same loop: its steps are forward steps, not counted.
-            return out
+            return orig(**kw)
+
+        def counted_vf(s, z, aux):
+            jax.debug.callback(count_vf_call)
+            return vf(s, z, aux)
+
+        out = orig(**{**kw, "vf": counted_vf})
         jax.debug.callback(
             lambda a, b, r: _COUNTS.append((int(a), int(b), int(r))),
             out.num_steps,
@@ -222,21 +235,37 @@ def _patch_backward_loop():
         )
         return out
 
-    for name in ("interpolating", "backsolve", "quadrature", "gauss"):
-        mod = importlib.import_module(f"jaxsens._sensitivity.{name}")
-        mod.backward_loop = recording
-    return orig
+    saved = [m.backward_loop for m in mods]
+    for m in mods:
+        m.backward_loop = recording
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, saved, strict=True):
+            m.backward_loop = f
 
 
-def backward_steps(problem, method):
-    """Total `(steps, accepted)` of jaxsens's backward loop(s) for one gradient."""
+def backward_counts(problem, method, fn=None):
+    """`(steps, accepted, failed, vf_calls)` summed over jaxsens's backward loop(s)
+    in one gradient of `problem` by `method` (or of the jitted `fn(dyn)`, given as
+    `(fn, dyn)`); None when no backward loop ran."""
     _COUNTS.clear()
-    f, dyn = grad_fn(problem, method)
-    jax.block_until_ready(f(dyn))
+    _VF_CALLS[0] = 0
+    with counting_backward_loops():
+        f, dyn = grad_fn(problem, method) if fn is None else fn
+        jax.block_until_ready(f(dyn))
     if not _COUNTS:
         return None
     failed = any(c[2] != 0 for c in _COUNTS)
-    return sum(c[0] for c in _COUNTS), sum(c[1] for c in _COUNTS), failed
+    return (sum(c[0] for c in _COUNTS), sum(c[1] for c in _COUNTS), failed,
+            _VF_CALLS[0])
+
+
+def backward_steps(problem, method):
+    """Total `(steps, accepted, failed)` of jaxsens's backward loop(s) for one
+    gradient."""
+    counts = backward_counts(problem, method)
+    return None if counts is None else counts[:3]
 
 
 def forward_steps(problem):
@@ -323,10 +352,9 @@ def child_memory(name, steps, baseline):
     hwm = _status_kb("VmHWM")
     bwd = None
     if not baseline and isinstance(sens, jaxsens.AbstractAdjoint):
-        _patch_backward_loop()
-        _COUNTS.clear()
-        jax.block_until_ready(jitted(fn, problem.params)[0](dyn))
-        bwd = [sum(c[0] for c in _COUNTS), sum(c[1] for c in _COUNTS)]
+        # Traced anew inside the counting block (the timed function is not).
+        counts = backward_counts(problem, sens, fn=jitted(fn, problem.params))
+        bwd = list(counts[:2])
     field, args = problem.split(problem.params)
     sol = jaxsens.solve(
         field,
@@ -387,46 +415,39 @@ def speed(problem_key, *, rounds, per_round, fresh_compile, log, compile_repeats
     g_rca = flat_grad(fns["diffrax RCA"][2]) if fns["diffrax RCA"] else ref
     rows = {}
     fwd = forward_steps(problem)
-    orig = _patch_backward_loop()
-    try:
-        for m in ALL_METHODS:
-            row = {"error": fns[m] is None}
-            if fns[m] is not None:
-                g = flat_grad(fns[m][2])
-                row["warm"] = statistics.median(times[m])
-                row["min"] = min(times[m])
-                row["n"] = len(times[m])
-                row["relerr"] = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
-                row["relerr_rca"] = float(
-                    np.linalg.norm(g - g_rca) / np.linalg.norm(g_rca)
-                )
-                row["compile_inproc"] = compile_inproc[m]
-                row["bwd"] = backward_steps(problem, m) if m in CONTINUOUS else None
-            if fresh_compile:
-                # Min over fresh processes: contention on the shared machine only
-                # ever adds time.
-                cs = [
-                    run_child(["--child-compile", problem_key, m]).get(
-                        "compile_s", float("nan")
-                    )
-                    for _ in range(compile_repeats)
-                ]
-                row["compile_all"] = cs
-                row["compile"] = min(cs)
-            else:
-                row["compile"] = compile_inproc.get(m, float("nan"))
-            rows[m] = row
-            log(
-                f"  {m:40s} warm {fmt_s(row.get('warm', float('nan'))):>10s}  "
-                f"compile {fmt_s(row['compile']):>8s}  "
-                f"relerr {row.get('relerr', float('nan')):.1e}"
-                f"  bwd {row.get('bwd')}"
+    for m in ALL_METHODS:
+        row = {"error": fns[m] is None}
+        if fns[m] is not None:
+            g = flat_grad(fns[m][2])
+            row["warm"] = statistics.median(times[m])
+            row["min"] = min(times[m])
+            row["n"] = len(times[m])
+            row["relerr"] = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+            row["relerr_rca"] = float(
+                np.linalg.norm(g - g_rca) / np.linalg.norm(g_rca)
             )
-    finally:
-        import importlib
-
-        for name in ("interpolating", "backsolve", "quadrature", "gauss"):
-            importlib.import_module(f"jaxsens._sensitivity.{name}").backward_loop = orig
+            row["compile_inproc"] = compile_inproc[m]
+            row["bwd"] = backward_steps(problem, m) if m in CONTINUOUS else None
+        if fresh_compile:
+            # Min over fresh processes: contention on the shared machine only
+            # ever adds time.
+            cs = [
+                run_child(["--child-compile", problem_key, m]).get(
+                    "compile_s", float("nan")
+                )
+                for _ in range(compile_repeats)
+            ]
+            row["compile_all"] = cs
+            row["compile"] = min(cs)
+        else:
+            row["compile"] = compile_inproc.get(m, float("nan"))
+        rows[m] = row
+        log(
+            f"  {m:40s} warm {fmt_s(row.get('warm', float('nan'))):>10s}  "
+            f"compile {fmt_s(row['compile']):>8s}  "
+            f"relerr {row.get('relerr', float('nan')):.1e}"
+            f"  bwd {row.get('bwd')}"
+        )
     return {
         "name": problem.name,
         "params": problem.num_params(),

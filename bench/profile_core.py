@@ -54,7 +54,6 @@ from jaxsens._sensitivity._common import (  # noqa: E402
 from jaxsens._sensitivity.base import SolveOptions, as_problem  # noqa: E402
 
 
-ADJOINT_MODULES = ("interpolating", "backsolve", "quadrature", "gauss")
 PROBLEMS = {
     "lv64": bc.PROBLEMS["lv64"],
     "node": bc.PROBLEMS["node"],
@@ -66,65 +65,6 @@ NAMES = {
     "node10": "seed-002 NODE, 10 save times",
 }
 REPEATS = 60
-
-
-class _Counter:
-    """Backward steps and field vjps of one instrumented gradient."""
-
-    def __init__(self):
-        self.steps = 0
-        self.accepted = 0
-        self.vjps = 0
-
-
-def _instrument(counter):
-    """Wrap each adjoint's `backward_loop` (count its steps) and `jax.vjp` calls
-    of the field inside it (count stage evaluations); returns an undo function."""
-    loop_mod = importlib.import_module("jaxsens._sensitivity._loop")
-    orig_loop = loop_mod.backward_loop
-    mods = [importlib.import_module(f"jaxsens._sensitivity.{m}") for m in ADJOINT_MODULES]
-    saved = {}
-
-    def add(attr, n):
-        setattr(counter, attr, getattr(counter, attr) + int(n))
-
-    def loop(**kw):
-        if kw["vf"].__qualname__.startswith("_resolve."):
-            return orig_loop(**kw)  # a checkpointed forward re-solve: not backward
-        vf = kw["vf"]
-
-        def counted_vf(s, z, aux):
-            jax.debug.callback(lambda: add("vjps", 1))
-            return vf(s, z, aux)
-
-        out = orig_loop(**{**kw, "vf": counted_vf})
-        jax.debug.callback(
-            lambda a, b: (add("steps", a), add("accepted", b)),
-            out.num_steps,
-            out.num_accepted,
-        )
-        return out
-
-    for m in mods:
-        saved[m] = m.backward_loop
-        m.backward_loop = loop
-
-    def undo():
-        for m, f in saved.items():
-            m.backward_loop = f
-
-    return undo
-
-
-def counts(problem, method):
-    counter = _Counter()
-    undo = _instrument(counter)
-    try:
-        f, dyn = bc.grad_fn(problem, method)
-        jax.block_until_ready(f(dyn))
-    finally:
-        undo()
-    return counter
 
 
 def primal_fn(problem):
@@ -204,7 +144,8 @@ def profile(key):
         for name, (f, dyn) in fns.items():
             times[name].append(time_fn(f, dyn, repeats=1)[1])
     warm = {name: float(np.median(t)) for name, t in times.items()}
-    steps = {name: counts(problem, name) for name in bc.CONTINUOUS}
+    # (steps, accepted, failed, backward-field evaluations)
+    steps = {name: bc.backward_counts(problem, name) for name in bc.CONTINUOUS}
     return problem, acc, rej, warm, steps
 
 
@@ -240,7 +181,7 @@ def main():
         for name, t in warm.items():
             c = steps.get(name)
             extra = (
-                f"{c.steps} ({c.accepted}) | {c.vjps / max(c.steps, 1):.1f}"
+                f"{c[0]} ({c[1]}) | {c[3] / max(c[0], 1):.1f}"
                 if c is not None else " | "
             )
             lines.append(f"| {name} | {fmt_s(t)} | {t / rca:.2f} | {extra} |")
@@ -279,8 +220,8 @@ def main():
         f"| **lower bound** (loop overhead, jumps, controller = 0) | **{fmt_s(bound)}** |",
         f"| diffrax RCA (section 1) | {fmt_s(warm['diffrax RCA'])} |",
         f"| Discrete (section 1) | {fmt_s(warm['Discrete'])} |",
-        f"| BacksolveAdjoint as shipped (section 1: {back.steps} steps, "
-        f"{back.vjps / max(back.steps, 1):.1f} vjps per step) | "
+        f"| BacksolveAdjoint as shipped (section 1: {back[0]} steps, "
+        f"{back[3] / max(back[0], 1):.1f} vjps per step) | "
         f"{fmt_s(warm['BacksolveAdjoint'])} |",
         "",
         f"The bound is {bound / warm['diffrax RCA']:.2f}× diffrax RCA's time: no "
