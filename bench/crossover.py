@@ -61,6 +61,14 @@ PER_METHOD_BUDGET_S = 6.0
 # stage, times n·p / 10^4 once the n × p matrix S outgrows the cache (measured
 # 1500× Discrete at n = 1024, p = 2049; a 240 s timeout at n = 4096).
 FORWARD_PER_INPUT = 0.1
+EXPLICIT_FORWARD_K = "min(n,p)·max(1, n·p/10⁴)"
+
+
+def explicit_forward_k(n: int, p: int) -> float:
+    """`k` of the explicit-solver Forward skip estimate above (also bench/run.py)."""
+    return min(n, p) * max(1.0, n * p / 1e4)
+
+
 IMPLICIT_AUGMENTED_MAX = 500  # n + p above which AUGMENTED adjoints skip on Kvaerno5
 
 # (family, n, h). n + p from 4 to ~10^4 along the diagonal n ≈ h, plus points with
@@ -182,8 +190,7 @@ def child(family, n, h, rounds, exclude):
             if pr.stiff:
                 k, k_name = n + pr.p, "(n+p)"
             else:
-                k = min(n, pr.p) * max(1.0, n * pr.p / 1e4)
-                k_name = "min(n,p)·max(1, n·p/10⁴)"
+                k, k_name = explicit_forward_k(n, pr.p), EXPLICIT_FORWARD_K
             est = FORWARD_PER_INPUT * k * rows["Discrete"]["probe"]
             if est > PER_METHOD_BUDGET_S:
                 rows[name] = {

@@ -286,9 +286,15 @@ def _child(name, quick, rounds, exclude):
                 factor = (0.1 if pr.p < 300 else 0.4) * pr.p
                 how = f"0.1–0.4 · p × Discrete, p = {pr.p}"
             else:
-                factor = 0.1 * min(pr.n, pr.p) * max(1.0, pr.n * pr.p / 1e4)
-                how = (f"0.1 · min(n, p) · max(1, n·p/10⁴) × Discrete, n = {pr.n}, "
-                       f"p = {pr.p}")
+                from bench.crossover import (
+                    EXPLICIT_FORWARD_K,
+                    FORWARD_PER_INPUT,
+                    explicit_forward_k,
+                )
+
+                factor = FORWARD_PER_INPUT * explicit_forward_k(pr.n, pr.p)
+                how = (f"{FORWARD_PER_INPUT}·{EXPLICIT_FORWARD_K} × Discrete, "
+                       f"n = {pr.n}, p = {pr.p}")
             est = factor * rows["Discrete"]["warm0"]
             if est > fwd_cap:
                 rows[m] = {
