@@ -19,6 +19,9 @@ def main(argv=None) -> int:
         print(f"unknown command {argv[0]!r}; try `python -m jaxsens --help`.",
               file=sys.stderr)
         return 2
+    from ._xla import compile_small_loops_whole
+
+    compile_small_loops_whole()  # a fresh process: JAX has not started yet
     from ._demo import run
 
     run(argv[1:])

@@ -110,7 +110,7 @@ def run(argv=None) -> str:
     print(f"jaxsens demo: {jax.device_count()} {jax.default_backend()} device(s), "
           f"{args.controls} controls, {args.steps} steps")
     if jax.default_backend() == "cpu":
-        print(f"XLA:CPU small-loop limit {_xla.status} (see README, 'Speed on CPU')")
+        print(_xla.status())
     key_data, key_model = jr.split(jr.key(0))
     ts, controls, ys_true = make_data(args.controls, n_times, key_data)
     y0 = jnp.zeros(2)
@@ -126,7 +126,8 @@ def run(argv=None) -> str:
                  optax.chain(
                      optax.clip_by_global_norm(1.0),
                      optax.adam(optax.warmup_cosine_decay_schedule(
-                         1e-3, 1e-2, max(1, min(20, args.steps // 5)), args.steps + 1, 5e-4))),
+                         1e-3, 1e-2, max(1, min(20, args.steps // 5)),
+                         args.steps + 1, 5e-4))),
                  args.steps, desc="training")
     print(f"loss {result.losses[0]:.3g} -> {result.losses[-1]:.3g}")
 

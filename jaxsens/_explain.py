@@ -344,8 +344,8 @@ def explain(
     warnings: list[str] = []
     hints: list[str] = []
     notes: list[str] = []
-    if (cpu_note := _xla.note()) is not None:
-        notes.append(cpu_note)
+    if jax.default_backend() == "cpu":
+        notes.append(_xla.status())
     probe_out = None
     timing_out = None
     ys_for_scale = None

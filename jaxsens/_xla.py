@@ -1,46 +1,20 @@
-"""XLA:CPU compiles small `while` loops whole: jaxsens raises its size limit on import.
-
-XLA:CPU runs a compiled program as a sequence of "thunks", one per fused op, at a
-fixed cost of roughly 0.1–1 µs each. A `while` loop whose body accesses fewer than
-`xla_cpu_small_while_loop_byte_threshold` bytes per iteration (default 1024) is
-instead compiled into ONE function, with no per-op cost. An ODE solve is loops in
-loops (steps; Runge–Kutta stages; the save times of a step), whose bodies are many
-tiny ops: with the default limit even the step loop of a 2-state problem runs op by
-op (a Lotka–Volterra solve, float64: 115 µs, against 25 µs with the limit raised). Raised to 1 MiB, whole solves and adjoint
-passes compile as single functions: 2–10× faster warm gradients of small problems
-and shorter compile times (bench/results/core.md against core_xla_default.md), no
-slowdown measured on any suite problem (bench/results/small_loops.md). Loops that
-call a library (the LAPACK solves of implicit solvers) are never compiled whole.
-
-The limit is an XLA option read once, when JAX starts its CPU backend, from the
-`XLA_FLAGS` environment variable. `configure()` (run by `import jaxsens`) adds it
-there unless:
-
-- `JAXSENS_SMALL_LOOP_BYTES=0` is set (leave XLA's default), or another value is
-  given (that many bytes);
-- `XLA_FLAGS` sets `xla_cpu_small_while_loop_byte_threshold` already (yours wins);
-- JAX's backend was started before `jaxsens` was imported (too late: the option
-  cannot change any more). `jaxsens.explain` then says so, with the fix.
-
-The option only concerns XLA:CPU's code generation; other backends ignore it, and
-results are unchanged up to rounding.
-"""
+"""`jaxsens.compile_small_loops_whole`: let XLA:CPU compile an ODE solve's loops as
+single functions."""
 
 import functools
 import os
 
 
 KEY = "xla_cpu_small_while_loop_byte_threshold"
-ENV = "JAXSENS_SMALL_LOOP_BYTES"
-DEFAULT_BYTES = 1 << 20
+BYTES = 1 << 20
 XLA_DEFAULT_BYTES = 1024
 _EXTRA = "--xla_backend_extra_options="
 # In a compiled program's text (`jax.jit(f).lower(...).compile().as_text()`):
 # present when XLA:CPU compiled a loop whole.
 WHOLE_LOOP_MARKER = "xla_cpu_small_call"
 
-# What `configure` did, for `explain`: one sentence.
-status = "not configured: `jaxsens._xla.configure()` has not run"
+# The `XLA_FLAGS` value `compile_small_loops_whole` wrote, once it has.
+_written: str | None = None
 
 
 def with_threshold(flags: str, nbytes: int) -> str:
@@ -57,61 +31,76 @@ def with_threshold(flags: str, nbytes: int) -> str:
     return " ".join([*tokens, f"{_EXTRA}{KEY}={nbytes}"])
 
 
-def requested_bytes() -> int:
-    """The limit asked for through `JAXSENS_SMALL_LOOP_BYTES` (0: leave XLA's)."""
-    raw = os.environ.get(ENV, "").strip()
-    if not raw:
-        return DEFAULT_BYTES
-    try:
-        nbytes = int(raw)
-    except ValueError:
-        nbytes = -1
-    if nbytes < 0:
-        raise ValueError(
-            f"`{ENV}` must be a whole number of bytes (0 keeps XLA's default of "
-            f"{XLA_DEFAULT_BYTES}), got {raw!r}. Unset it for jaxsens's default, "
-            f"{DEFAULT_BYTES}."
-        )
-    return nbytes
+def compile_small_loops_whole() -> None:
+    """Let XLA:CPU compile small `while` loops — an ODE solve's step, stage and
+    save-time loops — as single functions. Call it first thing in a program,
+    before JAX runs or compiles anything.
 
+    XLA:CPU runs a compiled program op by op, at a fixed cost of a fraction of a
+    microsecond per op, except for `while` loops whose body touches fewer than
+    `xla_cpu_small_while_loop_byte_threshold` bytes per iteration (1024 by
+    default): those become one function with no per-op cost. An ODE solve is
+    loops of many tiny ops, so with the default even a 2-state solve runs op by
+    op. This call raises the limit to 1 MiB by adding it to the `XLA_FLAGS`
+    environment variable, which JAX reads once, when it starts its backend.
+    Gradients of small problems get several times faster and compile sooner
+    (figures in the README's performance section); results are unchanged up to
+    rounding. Loops that call a library routine (the LAPACK solves of implicit
+    solvers) are never compiled whole. Other backends ignore the option.
 
-def _backend_started() -> bool:
-    try:
-        from jax._src import xla_bridge
+    The setting applies to the whole process — every library's loops, and the
+    child processes it starts, which inherit `XLA_FLAGS`. If your `XLA_FLAGS`
+    already sets `xla_cpu_small_while_loop_byte_threshold`, it is left as it is.
+    Calling this again is harmless.
 
-        return bool(xla_bridge.backends_are_initialized())
-    except Exception:  # a JAX without this (private) query: assume not started
-        return False
+    **Raises:**
 
+    `RuntimeError` when JAX's backend started before the call (anything that ran,
+    compiled or listed devices), so the limit can no longer change. `XLA_FLAGS` is
+    then left as it was. Restart Python and call this before any JAX computation,
+    or start Python with `XLA_FLAGS` set as the message says. Whether the limit
+    took effect is checked by compiling a small loop on the CPU and looking for
+    the whole-loop function in the compiled program (about 50 ms): JAX has no
+    public query for "has the backend started".
 
-def configure() -> str:
-    """Raise XLA:CPU's small-loop limit through `XLA_FLAGS` if that can still take
-    effect; returns (and keeps in `status`) a sentence saying what was done."""
-    global status
-    nbytes = requested_bytes()
+    **Example:**
+
+    ```python
+    import jaxsens
+
+    jaxsens.compile_small_loops_whole()   # before JAX runs anything
+
+    import jax.numpy as jnp
+
+    sol = jaxsens.solve(lambda t, y, k: -k * y, jnp.ones(2), jnp.linspace(0.0, 1.0, 5),
+                        jnp.array(0.5))
+    ```
+    """
+    global _written
     flags = os.environ.get("XLA_FLAGS", "")
-    if nbytes == 0:
-        status = f"left at XLA's default ({XLA_DEFAULT_BYTES} bytes): {ENV}=0"
-    elif KEY in flags:
-        status = f"set by your XLA_FLAGS ({flags!r}); jaxsens left it"
-    elif _backend_started():
-        status = (
-            "not raised: JAX's backend was started before jaxsens was imported, "
-            f"so XLA's default ({XLA_DEFAULT_BYTES} bytes) applies. Import jaxsens "
-            "before running any JAX computation, or start Python with "
-            f"XLA_FLAGS='{with_threshold(flags, nbytes)}', for 2–10× faster "
-            "gradients of small problems on CPU"
+    if KEY in flags:  # ours from an earlier call, or the user's own setting
+        return
+    new = with_threshold(flags, BYTES)
+    os.environ["XLA_FLAGS"] = new
+    if not in_effect():
+        if flags:
+            os.environ["XLA_FLAGS"] = flags
+        else:
+            del os.environ["XLA_FLAGS"]
+        raise RuntimeError(
+            "`jaxsens.compile_small_loops_whole()` came too late: JAX's backend has "
+            "already started in this process (something ran, compiled or listed "
+            "devices), so XLA:CPU's small-loop limit can no longer change. Restart "
+            "Python and call it first, before any JAX computation, or start Python "
+            f"with XLA_FLAGS='{new}'."
         )
-    else:
-        os.environ["XLA_FLAGS"] = with_threshold(flags, nbytes)
-        status = f"raised to {nbytes} bytes by jaxsens (opt out: {ENV}=0)"
-    return status
+    _written = new
 
 
 @functools.cache
 def in_effect() -> bool:
-    """Whether the default backend (call this on CPU) compiles a loop of ~4 KiB of
-    operands whole: compiles a tiny loop and looks (about 50 ms)."""
+    """Whether XLA:CPU compiles a loop of ~4 KiB of operands whole: compiles a tiny
+    loop for the CPU and looks (about 50 ms; starts JAX's backend)."""
     import jax
     import jax.numpy as jnp
 
@@ -119,19 +108,31 @@ def in_effect() -> bool:
         # A traced trip count: XLA cannot unroll the loop away.
         return jax.lax.fori_loop(0, n, lambda i, c: jnp.sin(c), x)
 
-    x = jax.ShapeDtypeStruct((1000,), jnp.float32)
-    n = jax.ShapeDtypeStruct((), jnp.int32)
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    x = jax.ShapeDtypeStruct((1000,), jnp.float32, sharding=cpu)
+    n = jax.ShapeDtypeStruct((), jnp.int32, sharding=cpu)
     text = jax.jit(loop).lower(x, n).compile().as_text()
     return WHOLE_LOOP_MARKER in text
 
 
-def note() -> str | None:
-    """For `explain`: a sentence when running on CPU without the raised limit."""
-    import jax
-
-    if jax.default_backend() != "cpu" or in_effect():
-        return None
+def status() -> str:
+    """One sentence for `explain` and the demo: are small loops compiled whole?"""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if in_effect():
+        how = (
+            "`jaxsens.compile_small_loops_whole()`"
+            if _written is not None and flags == _written
+            else "your XLA_FLAGS"
+        )
+        return f"XLA:CPU compiles this process's small loops whole (set by {how})."
+    if KEY in flags:
+        return (
+            "XLA:CPU runs small loops op by op: your XLA_FLAGS sets "
+            f"{KEY} below what a solve's loops need."
+        )
     return (
-        "XLA:CPU runs this solve's loops op by op (~0.1–1 µs per op), not compiled "
-        f"whole: its small-loop limit was {status}."
+        "XLA:CPU runs this solve's loops op by op (its default small-loop limit, "
+        f"{XLA_DEFAULT_BYTES} bytes). Call `jaxsens.compile_small_loops_whole()` "
+        "first thing in the program (before JAX runs anything) for faster "
+        "gradients of small problems."
     )
