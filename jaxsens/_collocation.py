@@ -27,14 +27,10 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
+from . import _fit
 from ._sensitivity.auto import Auto
 from ._sensitivity.base import AbstractSensitivity
-from ._shooting import (
-    ShootingModel,
-    init_model,
-    multiple_shooting_loss,
-    optax_loop,
-)
+from ._shooting import ShootingModel, init_model, multiple_shooting_loss
 
 
 class Smoothing(eqx.Module):
@@ -277,7 +273,7 @@ def fit(
     _check_steps(steps)
     optimizer = optax.adam(1e-2) if optimizer is None else optimizer
     smoothing = smooth(ts, data, bandwidth=bandwidth, degree=degree)
-    (field, args), losses = optax_loop(
+    (field, args), losses = _train(
         lambda p: collocation_loss(p[0], smoothing, p[1]), (field, args), optimizer,
         steps,
     )
@@ -377,8 +373,15 @@ def two_stage_fit(
             solver=solver, rtol=rtol, atol=atol, max_steps=max_steps,
         )
 
-    model, losses = optax_loop(loss, model, optimizer, shooting_steps)
+    model, losses = _train(loss, model, optimizer, shooting_steps)
     return TwoStageFit(model=model, collocation=stage1, losses=losses)
+
+
+def _train(loss, model, optimizer, steps):
+    """`jaxsens.fit` of a loss without data: `(trained model, losses)`."""
+    result = _fit.fit(model, lambda m, _: loss(m), None, optimizer, steps,
+                      progress=False)
+    return result.model, result.losses
 
 
 def _check_steps(steps, name="steps"):

@@ -116,7 +116,7 @@ def fit(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`fit(steps=...)` must be a non-negative int, got {steps!r}.")
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+    if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "`fit(optimizer=...)` must be an optax optimiser such as "
             f"`optax.adam(1e-3)`, got {optimizer!r}."

@@ -19,7 +19,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._sensitivity.auto import Auto
@@ -346,26 +345,3 @@ def _check_starts(model, n_segments, data):
             f"states of shape {data.shape[1:]}."
         )
 
-
-def optax_loop(loss, params, optimizer: optax.GradientTransformation, steps: int):
-    """Minimise `loss(params)` by `steps` optax updates in one jitted `lax.scan`.
-
-    Only the inexact arrays of `params` are trained. Returns `(params, losses)`,
-    `losses[i]` being the loss before update `i`.
-    """
-    diff, static = eqx.partition(params, eqx.is_inexact_array)
-
-    def step(carry, _):
-        diff, opt_state = carry
-        value, grads = jax.value_and_grad(lambda d: loss(eqx.combine(d, static)))(diff)
-        updates, opt_state = optimizer.update(grads, opt_state, diff)
-        return (optax.apply_updates(diff, updates), opt_state), value
-
-    @jax.jit
-    def run(diff):
-        (diff, _), losses = jax.lax.scan(step, (diff, optimizer.init(diff)), None,
-                                         length=steps)
-        return diff, losses
-
-    diff, losses = run(diff)
-    return eqx.combine(diff, static), losses

@@ -11,7 +11,6 @@ import optax
 import pytest
 
 import jaxsens
-from jaxsens._shooting import optax_loop
 from jaxsens.shooting import (
     ShootingModel,
     init_model,
@@ -150,7 +149,9 @@ def test_long_horizon_single_shooting_stalls_multiple_shooting_recovers():
         model = init_model(lv, ts, data, n_segments, args=THETA0)
         loss = lambda m: multiple_shooting_loss(
             m, ts, data, n_segments, 1.0, sensitivity=jaxsens.Forward())
-        return optax_loop(loss, model, optax.adam(0.05), 200)
+        result = jaxsens.fit(model, lambda m, _: loss(m), None, optax.adam(0.05), 200,
+                             progress=False)
+        return result.model, result.losses
 
     single, single_losses = train(1)
     multi, multi_losses = train(30)
