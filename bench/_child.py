@@ -5,8 +5,8 @@ The child prints JSON lines: `{"start": name}` before a method's first call,
 round-robin timing starts, and finally `{"result": ...}`. If the child outlives
 `timeout`, it is killed and re-run with the method that was running excluded
 (its row then says why), or, if it was in the timing phase, with 1 round.
-`OPENBLAS_NUM_THREADS=1` is set: multi-threaded OpenBLAS stalls 5–40 ms per
-small LAPACK call on this oversubscribed 2-core machine (bench/results/linear.md).
+`OPENBLAS_NUM_THREADS=1` is set: multi-threaded OpenBLAS stalls for milliseconds
+per small LAPACK call when the cores are oversubscribed.
 """
 
 import json
@@ -15,8 +15,7 @@ import subprocess
 import sys
 import time
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench._common import ROOT
 
 
 def _lines(out):
@@ -30,15 +29,16 @@ def _lines(out):
     return res
 
 
-def run(module, child_args, *, rounds, timeout, log, attempts=4):
-    """`python -m module --child *child_args --repeats R --exclude JSON`; returns the
-    child's `result` dict (with `wall_s`), or `{"error": ...}`."""
+def run(question, child_args, *, rounds, timeout, log, attempts=4):
+    """`python -m bench question --child *child_args --repeats R --exclude JSON`;
+    returns the child's `result` dict (with `wall_s`), or `{"error": ...}`."""
     exclude = {}
     for _ in range(attempts):
         cmd = [
             sys.executable,
             "-m",
-            module,
+            "bench",
+            question,
             "--child",
             *map(str, child_args),
             "--repeats",

@@ -1,9 +1,9 @@
-"""Crossover study (issue 6): when does `Forward` beat the adjoints, and `Discrete`
+"""Crossover study: when does `Forward` beat the adjoints, and `Discrete`
 the continuous adjoints? Warm gradient time vs state size + parameter count.
 
-    /work/venv/bin/python -m bench.crossover            # full grid (~30 min)
-    /work/venv/bin/python -m bench.crossover --quick    # a few points (~4 min)
-    /work/venv/bin/python -m bench.crossover --solver stiff --repeats 5
+    python -m bench crossover            # full grid (~30 min)
+    python -m bench crossover --quick    # a few points (~4 min)
+    python -m bench crossover --solver stiff --repeats 5
 
 Field families (`bench/problems/crossover.py`): `mlp` (`y' = A y + U tanh(V y + b)`,
 p = 2nh + h, Tsit5), `few` (same coupling, p = 4, large n, Tsit5) and `stiff`
@@ -29,16 +29,13 @@ warm time, first-call time, relative difference of the gradient from Discrete's)
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
-import time
 
 from bench import _child
+from bench._common import ADJOINTS, RESULTS_DIR, command, meta_info
+from bench._timing import timed
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS_DIR = os.path.join(HERE, "results")
 JSON_PATH = os.path.join(RESULTS_DIR, "crossover.json")
 
 METHODS = [
@@ -50,8 +47,8 @@ METHODS = [
     "GaussAdjoint",
 ]
 # `InterpolatingAdjoint(checkpoints=K)` is left out: a memory variant of
-# InterpolatingAdjoint, never faster (bench/results/core.md), and each method costs
-# ~5 s of compile per grid point. It is in the suite (`python -m bench`).
+# InterpolatingAdjoint, never faster, and each method costs ~5 s of compile per
+# grid point. It is in the suite (`python -m bench suite`).
 # Adjoints whose backward state carries μ (p entries) through the implicit solver.
 AUGMENTED = {"BacksolveAdjoint", "InterpolatingAdjoint"}
 PER_METHOD_BUDGET_S = 6.0
@@ -65,7 +62,7 @@ EXPLICIT_FORWARD_K = "min(n,p)·max(1, n·p/10⁴)"
 
 
 def explicit_forward_k(n: int, p: int) -> float:
-    """`k` of the explicit-solver Forward skip estimate above (also bench/run.py)."""
+    """`k` of the explicit-solver Forward skip estimate above (also the suite's)."""
     return min(n, p) * max(1.0, n * p / 1e4)
 
 
@@ -216,19 +213,15 @@ def child(family, n, h, rounds, exclude):
             continue
         say(start=name)
         f = grad_of(_method(name))
-        t = time.perf_counter()
         try:
-            g = jax.block_until_ready(f(pr.params))
+            first, g = timed(f, pr.params)
         except Exception as e:  # noqa: BLE001 - reported, not fatal
             from bench._child import error_text
 
             rows[name] = {"error": error_text(e)}
             say(failed=name)
             continue
-        first = time.perf_counter() - t
-        t = time.perf_counter()
-        jax.block_until_ready(f(pr.params))
-        probe = time.perf_counter() - t
+        probe = timed(f, pr.params)[0]
         rows[name] = {"first": first, "probe": probe, "times": [probe]}
         fns[name] = f
         grads[name] = np.asarray(ravel_pytree(g)[0])
@@ -239,9 +232,7 @@ def child(family, n, h, rounds, exclude):
             r = rows[name]
             if sum(r["times"]) > PER_METHOD_BUDGET_S:
                 continue
-            t = time.perf_counter()
-            jax.block_until_ready(f(pr.params))
-            r["times"].append(time.perf_counter() - t)
+            r["times"].append(timed(f, pr.params)[0])
     ref = grads.get("Discrete")
     for name in fns:
         r = rows[name]
@@ -274,41 +265,9 @@ def child(family, n, h, rounds, exclude):
 def run_point(family, n, h, rounds, timeout, log):
     """One grid point in a fresh subprocess (`bench._child.run`); None if it failed."""
     res = _child.run(
-        "bench.crossover", [family, n, h], rounds=rounds, timeout=timeout, log=log
+        "crossover", [family, n, h], rounds=rounds, timeout=timeout, log=log
     )
     return None if "error" in res else res
-
-
-def meta_info():
-    import diffrax as dfx
-    import equinox as eqx
-    import jax
-
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=HERE,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "jaxsens"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(HERE),
-        ).stdout.strip()
-        rev += " (+ uncommitted jaxsens/ changes)" if dirty else ""
-    except OSError:
-        rev = "?"
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with 3 other "
-        f"engineers' jobs), Python {platform.python_version()}",
-        "versions": f"jax {jax.__version__}, diffrax {dfx.__version__}, "
-        f"equinox {eqx.__version__}",
-        "jaxsens": rev,
-        "load": os.getloadavg()[0],
-    }
 
 
 def fastest(pt, names=None):
@@ -317,7 +276,6 @@ def fastest(pt, names=None):
     return min(ok, key=lambda m: rows[m]["warm"]) if ok else None
 
 
-ADJOINTS = [m for m in METHODS if m not in ("Discrete", "Forward")]
 
 
 def analyse(points):
@@ -347,7 +305,7 @@ def ratio(pt, a, b):
     return float("nan")
 
 
-def fmt_ms(s):
+def _ms(s):
     return "—" if s is None or s != s else f"{s * 1e3:.3g}"
 
 
@@ -408,93 +366,6 @@ def summary(an):
     return L
 
 
-READING = """\
-## Reading (explicit and explicit_t10 grids re-run 2026-11-26 17:09 with the raised XLA:CPU small-loop limit, `Forward` on the sensitivity equations and `Discrete` storing every step only up to 256 KiB; stiff grid from the earlier run)
-
-- **`Discrete` is 1.2–1.9× faster at n = 16–64 than in the 14:45 run**: it no
-  longer stores every step when `max_steps` states exceed 256 KiB (a store sized
-  by `max_steps`, 4096 here, whatever the steps taken): (64, 8256) 0.79 → 0.41
-  ms, (32, 1040) 0.29 → 0.21 ms, `explicit_t10` (64, 64) 1.52 → 0.89 ms; points
-  with n ≤ 8 keep the store (unchanged within noise).
-
-- **`Forward` with an explicit solver now integrates the sensitivity equations**
-  (jaxsens/_sensitivity/forward.py): `n` Jacobian rows (vjps) per stage when
-  `n ≤ p`, `p` columns (jvps) when the state outnumbers the parameters, each a
-  matrix-vector product, so the loop is compiled whole; before, `n + p` tangents
-  were batched through diffrax and their matrix-matrix products (YNNPACK
-  fusions) kept the loop op by op. Forward ÷ Discrete on the `mlp` family is
-  now 0.66, 0.77, 0.86, 1.01, 1.29 at (n, p) = (1, 3), (2, 10), (4, 36),
-  (8, 68), (8, 136) (~5 steps; was 0.55, 2.3, 2.4, 2.3, 3.9 with batched
-  tangents) and 0.53, 0.76, 1.01, 2.9 at (1, 3), (2, 10), (4, 36), (8, 136) on
-  `explicit_t10` (~20 steps; was 0.51, 5.2, 4.7, 10). With n = 2 it grows slowly
-  with p: 0.92, 1.75, 4.8 at p = 160, 1280, 10240 (the n × p matrix rides through every stage). With
-  p = 4 (`few`, columns) it beats Discrete at every state size: 0.53, 0.47, 0.57
-  at n = 16, 256, 4096 (was 0.44, 0.75, 0.94). It is hopeless with many states
-  and many parameters: 47× at (32, 1040), 530× at (64, 8256) (1500× at
-  (1024, 2049) in the 14:45 run; skipped now as predicted hopeless), where the n
-  vmapped rows are matrix-matrix products on an n × p matrix.
-  **Explicit (Tsit5): Forward wins up to n + p ≈ 12–40 on MLP fields, and with few parameters whatever n.** (The n = 16 points ran
-  with the 16 rows formed one at a time; `UNROLL_MAX` is now 8, so they are
-  vmapped: the same speed, 3.6 against 3.4 ms at (16, 264) on 20 steps, and
-  half the compile time, 3.3 → 1.7 s.)
-- The stiff grid was not re-run: `Forward` with an implicit solver still batches
-  its tangents through diffrax's solve (unchanged), and Kvaerno5 loops call
-  LAPACK, and a loop with a library call is never compiled whole, so the limit
-  leaves them unchanged (Robertson in the suite: ×1.00). **Stiff (Kvaerno5, 25–36 steps): Forward ÷ Discrete is
-  0.25, 0.85, 0.67, 0.86 at p = 3, 10, 36, 68, then 1.19× at 136, 3.6× at 264:
-  Forward wins for p ≲ 70–100** (its tangents reuse the Newton matrix
-  factorisation).
-- **Above that, Discrete is the method to pick.** Leaving BacksolveAdjoint aside,
-  Discrete is the fastest method, or within 1.1× of Forward, at every explicit
-  `mlp` point with n + p ≥ 40 (Forward 0.86–0.92× at (4, 36) and (2, 160) on
-  5-step solves, 1.01× at (4, 36) on 20 steps), and the fastest or within 1.5×
-  of it at every stiff point with p > 40. BacksolveAdjoint is up to 2.2× faster than Discrete on the explicit family
-  (mildly damped: decay 0.5, so the backward re-integration is stable), and up
-  to 4.5× slower at p ≈ 10⁴, but it **raised at every stiff point**
-  (re-integrating a dissipative system backwards diverges; jaxsens detects it
-  and raises instead of returning a wrong gradient) and on seed 000, the UDE and
-  the heat equation in the suite. Use it only when it is known to be stable.
-- **The continuous adjoints other than Backsolve cost 1.3–6.8× Discrete's time
-  on the explicit `mlp` points with n ≤ 64** (GaussAdjoint or QuadratureAdjoint
-  the best of them from p ≈ 1000 on; the upper end grew with Discrete's faster
-  default at n ≥ 16). **GaussAdjoint is the best continuous adjoint on the stiff
-  problem** (0.75–1.7× Discrete's time, mostly 0.9–1.1×). The adjoints whose
-  backward state carries the p parameter adjoints through the implicit solver
-  (Interpolating, Backsolve) blow up with p on Kvaerno5: InterpolatingAdjoint
-  591 ms vs Discrete 14 ms at n + p = 280, and > 240 s at 544 (QuadratureAdjoint
-  too); skipped above 500.
-- **Interpolating/Quadrature/Gauss adjoints slow down badly with the state size n**
-  on the explicit problem, regardless of p: at p = 4, n = 256 they take 24–26 ms
-  vs Discrete's 0.48 ms, at n = 4096 382–461 ms vs 5.0 ms. **Cause: the forward
-  dense output they read is preallocated from `max_steps`** (≈ 4096 × 8 × n
-  floats; XLA temp 256 MB at n = 1024 with the default `max_steps = 4096`) and the
-  time follows the buffer, not the steps taken (measured before: `few`,
-  n = 1024, GaussAdjoint 79 ms at `max_steps = 4096`, 1.7 ms at 256). Sizing
-  `max_steps` to the solve removes most of the gap.
-- Accuracy: every gradient agrees with Discrete's to < 1e-4 relative on the
-  explicit grids; on the stiffest point of the stiff grid (n = 1, decay rate 10³,
-  Kvaerno5) Quadrature/GaussAdjoint are 9 % off — the same weakness as their 0.96
-  error on seed 000's stiff variant (results/linear.md).
-- Caveat: on t ∈ [0, 1] the explicit solves take 3–8 steps, so small points are
-  dominated by per-call overheads; `explicit_t10` (t ∈ [0, 10], n = h, 19–23
-  steps) is the more realistic explicit curve. There, leaving Backsolve aside
-  (0.83–0.94× Discrete up to p = 136, 1.4–3.1× above), Discrete is the fastest
-  method from p = 36 on, and the best other continuous adjoint takes 1.3–3.9×
-  Discrete's time.
-- A rule this supports: linear → LinearExpm/KrylovExpm (suite); else Forward if
-  n + p ≤ ~8–12 with an explicit solver or p ≤ ~64 with an implicit one; else
-  Discrete. `Auto` keeps 8: between 8 and 12 the two are within 1.3× of each
-  other. The `few` case, where Forward takes p columns and wins at any n, needs
-  `y0` not differentiated: inside a trace `Auto` counts `y0` only when it is
-  traced, and picks Forward for p ≤ 4 when it is not
-  (results/forward_columns.md: 0.18–0.67× Discrete for p ≤ 4, n ≤ 4096). The
-  continuous adjoints
-  only when memory matters (long horizons), or with ~10⁴ parameters (suite:
-  QuadratureAdjoint 1.25–1.3× faster than Discrete on seed 000's UDE and the
-  long horizon).
-"""
-
-
 def markdown(data):
     meta = data["meta"]
     an = analyse(data["points"])
@@ -506,14 +377,14 @@ def markdown(data):
             made.append(line)
     L = (
         [
-            "# Crossover study: Forward vs adjoints vs Discrete (issue 6)",
+            "# Crossover study: Forward vs adjoints vs Discrete",
             "",
             "Made by " + "; ".join(made) + f". {meta['machine']}; {meta['versions']}.",
             "",
-            "The machine was **shared** (2 cores, other engineers' test runs): times are "
-            "noisy; every method of a point was timed in the same process, round-robin, "
-            "so compare within a row. Warm = median of the round-robin calls (ms); the "
-            "grid is in `crossover.json` (with mins, first-call times and each gradient's "
+            "The 2 cores were loaded by other jobs: times are noisy; every method "
+            "of a point was timed in the same process, round-robin, so compare "
+            "within a row. Warm = median of the round-robin calls (ms); the grid is "
+            "in `crossover.json` (with mins, first-call times and each gradient's "
             "relative difference from Discrete's) for fitting a rule. Problems: "
             "`bench/problems/crossover.py` (t ∈ [0, 1], 5 save times, float64, "
             "rtol = atol = 1e-6; explicit = Tsit5 on `y' = A y + U tanh(V y + b)` or "
@@ -525,7 +396,8 @@ def markdown(data):
         + summary(an)
         + [
             "",
-            READING,
+            "What the points say: `bench/RESULTS.md`, \"Reading the crossover\".",
+            "",
             "![crossover](crossover.png)",
         ]
     )
@@ -552,7 +424,7 @@ def markdown(data):
             for m in METHODS:
                 r = rows.get(m, {})
                 if "warm" in r:
-                    cells.append(fmt_ms(r["warm"]))
+                    cells.append(_ms(r["warm"]))
                 elif "skipped" in r:
                     cells.append("skip")
                 else:
@@ -680,13 +552,10 @@ def run(
     kinds = ["explicit", "stiff"] if solver == "both" else [solver]
     if solver == "both" and not quick:
         kinds.append("explicit_t10")
-    cmd = (
-        "python -m bench.crossover"
-        + (" --quick" if quick else "")
-        + (f" --solver {solver}" if solver != "both" else "")
-        + (f" --repeats {repeats}" if repeats else "")
-    )
-    data = {"meta": dict(meta_info(), cmd=cmd), "points": []}
+    argv = ((["--quick"] if quick else [])
+            + ([f"--solver {solver}"] if solver != "both" else [])
+            + ([f"--repeats {repeats}"] if repeats else []))
+    data = {"meta": meta_info(command("crossover", argv)), "points": []}
     tag = "_quick" if quick else ""
     json_path = os.path.join(RESULTS_DIR, f"crossover{tag}.json")
     if merge and os.path.exists(json_path):
@@ -714,15 +583,16 @@ def run(
         best = fastest(res)
         log(
             f"    n+p={res['n_plus_p']} steps={res['forward_steps']} fastest={best} "
-            + ", ".join(f"{m}={fmt_ms(r.get('warm'))}" for m, r in res["rows"].items())
+            + ", ".join(f"{m}={_ms(r.get('warm'))}" for m, r in res["rows"].items())
         )
         write(data, tag)
     write(data, tag)
     return data
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench crossover",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument(
         "--solver",
@@ -733,7 +603,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--child", nargs=3)
     ap.add_argument("--exclude", default="{}")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.child:
         f, n, h = a.child
         return child(f, int(n), int(h), a.repeats or 15, json.loads(a.exclude))
@@ -746,6 +616,3 @@ def main():
         log=lambda s: print(s, flush=True),
     )
 
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Forward by Jacobian columns against Discrete: a large state, a few parameters,
 `y0` not differentiated. The measurements behind `Auto`'s `forward_columns_max`.
 
-    taskset -c 1 /work/venv/bin/python -m bench.forward_columns     # ~3 min
+    taskset -c 1 python -m bench forward_columns     # ~3 min
 
 Field: `y' = -y/2 + (y₋ − y₊)/2 + θ[zone(i)] tanh(y) + 0.05`, a rolled skew
 coupling plus a reaction coefficient that is piecewise constant over `p` equal
@@ -16,30 +16,19 @@ difference of the two gradients. Also records what `Auto` picks inside `grad`.
 Writes `bench/results/forward_columns.md` and `forward_columns.png`.
 """
 
-import datetime
 import os
 import statistics
-import sys
-
-
-if __name__ == "__main__" and __package__ in (None, ""):
-    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+import jaxsens
+from bench._common import RESULTS_DIR, command, meta_info, ms as fmt_s
+from bench._timing import time_fn
 
 
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
-
-import jaxsens  # noqa: E402
-from bench._timing import fmt_s, pinned, time_fn  # noqa: E402
-
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS_DIR = os.path.join(HERE, "results")
 STATES = (16, 64, 256, 1024, 4096)
 PARAMS = (1, 2, 4, 6, 8)
 ROUNDS = 30
@@ -74,7 +63,8 @@ def point(n: int, p: int) -> dict:
 
         return jax.jit(jax.grad(loss))
 
-    fns = {"Discrete": grad_of(jaxsens.Discrete()), "Forward": grad_of(jaxsens.Forward())}
+    fns = {"Discrete": grad_of(jaxsens.Discrete()),
+           "Forward": grad_of(jaxsens.Forward())}
     grads = {name: jax.block_until_ready(f(theta)) for name, f in fns.items()}
     jax.block_until_ready(grad_of(jaxsens.Auto())(theta))  # records Auto's pick
     times = {name: [] for name in fns}
@@ -100,7 +90,8 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     for n in STATES:
         pts = [r for r in rows if r["n"] == n]
-        ax.plot([r["p"] for r in pts], [r["ratio"] for r in pts], "o-", label=f"n = {n}")
+        ax.plot([r["p"] for r in pts], [r["ratio"] for r in pts], "o-",
+                label=f"n = {n}")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.axvline(jaxsens.Auto().forward_columns_max + 0.5, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("parameters p (y0 not differentiated)")
@@ -111,7 +102,9 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
-def main():
+def main(argv):
+    jax.config.update("jax_enable_x64", True)
+    meta = meta_info(command("forward_columns", argv))
     rows = []
     for n in STATES:
         for p in PARAMS:
@@ -120,14 +113,12 @@ def main():
             print(f"n={n:5d} p={p}: Discrete {fmt_s(r['discrete'])}, Forward "
                   f"{fmt_s(r['forward'])}, ratio {r['ratio']:.2f}, Auto {r['auto']}",
                   flush=True)
-    rev = os.environ.get("JAXSENS_REV", "working tree")
     lines = [
         "# Forward by Jacobian columns against Discrete (y0 not differentiated)",
         "",
-        f"Command: `{pinned('/work/venv/bin/python -m bench.forward_columns')}` — "
-        f"shared 2-core machine; {datetime.datetime.now():%Y-%m-%d %H:%M}; jaxsens "
-        f"{rev}; jax {jax.__version__}. Field, problem and timing: the module "
-        "docstring of `bench/forward_columns.py`. Warm = median of "
+        f"Command: `{meta['cmd']}` — {meta['machine']}; {meta['date']}; jaxsens "
+        f"{meta['jaxsens']}; {meta['versions']}. Field, problem and timing: the "
+        "module docstring of `bench/forward_columns.py`. Warm = median of "
         f"{ROUNDS} round-robin calls.",
         "",
         "| n | p | Discrete | Forward | Forward ÷ Discrete | rel. diff. of gradients "
@@ -145,6 +136,3 @@ def main():
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-
-if __name__ == "__main__":
-    main()

@@ -1,45 +1,41 @@
-"""What jaxsens's raised XLA:CPU small-loop limit buys, problem by problem.
+"""What `jaxsens.compile_small_loops_whole()` buys, problem by problem.
 
-    /work/venv/bin/python -m bench.small_loops            # compare the two suite runs
-    # the runs it compares:
-    JAXSENS_SMALL_LOOP_BYTES=0 taskset -c 0 python -m bench   # -> suite_xla_default.json
-    taskset -c 0 python -m bench                              # -> suite.json
+    python -m bench small_loops      # compare the two suite runs:
+    python -m bench --xla-default suite   # -> results/suite_xla_default.json
+    python -m bench suite                 # -> results/suite.json
 
-Reads `results/suite_xla_default.json` (the suite with XLA's default limit, 1 KiB:
-`JAXSENS_SMALL_LOOP_BYTES=0`; move the run's `suite.json` there) and
-`results/suite.json` (jaxsens's default, 1 MiB), and writes
-`results/small_loops.md`: every method's warm median and compile time under both,
-and their ratio. See `jaxsens/_xla.py` for what the limit is.
+Writes `results/small_loops.md`: every method's warm median and compile time
+with XLA:CPU's default small-loop limit (1 KiB) and with the raised one (1 MiB),
+and their ratio.
 """
 
 import json
 import os
 
-from bench.report import ms as fmt
+from bench._common import RESULTS_DIR, ms as fmt
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS_DIR = os.path.join(HERE, "results")
 DEFAULT_JSON = os.path.join(RESULTS_DIR, "suite_xla_default.json")
 RAISED_JSON = os.path.join(RESULTS_DIR, "suite.json")
 OUT = os.path.join(RESULTS_DIR, "small_loops.md")
 
 
-def main():
+def main(argv):
     with open(DEFAULT_JSON) as fh:
         old = json.load(fh)["problems"]
     with open(RAISED_JSON) as fh:
         new = json.load(fh)["problems"]
     lines = [
-        "# XLA:CPU small-loop limit: XLA's default (1 KiB) against jaxsens's (1 MiB)",
+        "# XLA:CPU small-loop limit: XLA's default (1 KiB) against 1 MiB "
+        "(`jaxsens.compile_small_loops_whole()`)",
         "",
-        "Made by `python -m bench.small_loops` from two full suite runs (commands and",
+        "Made by `python -m bench small_loops` from two full suite runs (commands and",
         "commits below, per problem). Warm = median of round-robin warm calls; each",
         "problem in a fresh process holding all its methods and peers, so both runs",
-        "apply one setting to jaxsens and the peers alike. Speed-up = default ÷ raised.",
+        "apply one setting to jaxsens and the peers alike. Speed-up = default ÷",
+        "raised.",
         "torchdiffeq does not use XLA: its column is the noise level. Each run was",
-        "pinned to one core while another benchmark (or the test suite) ran on the",
-        "other.",
+        "pinned to one core while the other core was loaded.",
     ]
     intro = len(lines)
     ratios = []
@@ -78,8 +74,8 @@ def main():
             f"{lo[0]:.2f} ({lo[2]}, {lo[1]}) to {hi[0]:.2f} ({hi[2]}, {hi[1]}); "
             f"{sum(r < 0.95 for r, *_ in ratios)} below 0.95.",
             "",
-            "Re-checked by hand (2026-11-26, `taskset -c 1`, fresh processes, median of",
-            "5, alternating the settings twice): Forward on seed000_linear took",
+            "Re-checked by hand (2026-11-26, `taskset -c 1`, fresh processes, median",
+            "of 5, alternating the settings twice): Forward on seed000_linear took",
             "6.88/6.68 s with XLA's default and 6.74/6.66 s raised — the 0.92 above",
             "is noise; an earlier pair of runs put GaussAdjoint on heat2d at 0.87,",
             "which re-measured at 1.27/1.32 s (default) and 1.31/1.32 s (raised):",
@@ -89,6 +85,3 @@ def main():
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-
-if __name__ == "__main__":
-    main()

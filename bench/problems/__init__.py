@@ -2,10 +2,10 @@
 
 `bench.problems.suite` (the named problems of `python -m bench`, see
 `registry()`), `bench.problems.crossover` (the n, p sweep), `bench.problems.core`
-(Lotka–Volterra, seed 002's controlled neural ODE, the
+(Lotka–Volterra, the
 long-horizon memory case), `bench.problems.linear` (seed 000), ... Each module
 exposes plain functions returning arrays, fields and losses, so every script
-(and the suite of issue 6) builds the same problem the same way.
+builds the same problem the same way.
 """
 
 

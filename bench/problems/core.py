@@ -1,13 +1,7 @@
-"""Problems of the core benchmark (issue 2, "Speed"): self-contained definitions.
+"""Two problems of the suite, self-contained.
 
 - `lotka_volterra(dtype)`: n = 2 states, 4 parameters (passed as `args`),
   t ∈ [0, 10], 50 save times, loss = Σ y².
-- `controlled_node(key)`: seed 002's controlled neural ODE with ONE control:
-  state 2, u0 = 0, MLP 3→10→10→10→2 (282 parameters, selu, Glorot-uniform with
-  gain 0.1, zero biases, as Lux's `Dense(...; init_weight=glorot_uniform(gain=0.1))`),
-  float32, t ∈ [0, 10], 100 save times, the control a `diffrax.LinearInterpolation`
-  of 100 standard-normal values on the save times (passed as `args`),
-  loss = Σ pred² / 100.
 - `long_solve(num_steps)`: the memory problem: state 64, 10,336 parameters,
   `y' = A y − c W1ᵀ tanh(W1 y + b1)` with `A` skew-symmetric (a rotation) and a
   small, energy-removing MLP term, so the state stays bounded over 10^5 steps and
@@ -27,7 +21,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -92,7 +85,7 @@ class Problem:
         )
 
 
-# --- (a) Lotka–Volterra --------------------------------------------------------
+# --- Lotka–Volterra --------------------------------------------------------
 
 
 def _lv_field(t, y, p):
@@ -118,63 +111,7 @@ def lotka_volterra(dtype=jnp.float64) -> Problem:
     )
 
 
-# --- (b) seed 002, one control -------------------------------------------------
-
-
-def glorot_linear(key, fan_in, fan_out, gain, dtype):
-    """`eqx.nn.Linear` initialised as Lux's `glorot_uniform(gain=gain)`, zero bias."""
-    lin = eqx.nn.Linear(fan_in, fan_out, key=key, dtype=dtype)
-    bound = gain * (6.0 / (fan_in + fan_out)) ** 0.5
-    w = jr.uniform(key, (fan_out, fan_in), dtype, -bound, bound)
-    lin = eqx.tree_at(lambda m: m.weight, lin, w)
-    return eqx.tree_at(lambda m: m.bias, lin, jnp.zeros((fan_out,), dtype))
-
-
-class ControlledMLPField(eqx.Module):
-    """`dy/dt = MLP([y; u(t)])` with selu hidden layers and a linear output layer."""
-
-    layers: tuple
-
-    def __call__(self, t, y, control):
-        u = control.evaluate(t)
-        h = jnp.concatenate([y, u])
-        for layer in self.layers[:-1]:
-            h = jax.nn.selu(layer(h))
-        return self.layers[-1](h)
-
-
-def controlled_node(
-    key=None,
-    *,
-    num_times: int = 100,
-    hidden: int = 10,
-    gain: float = 0.1,
-    dtype=jnp.float32,
-) -> Problem:
-    """Seed 002's neural ODE with one control (282 parameters for `hidden=10`)."""
-    if key is None:
-        key = jr.PRNGKey(1111)
-    kc, *kl = jr.split(key, 5)
-    sizes = [3, hidden, hidden, hidden, 2]
-    layers = tuple(
-        glorot_linear(k, a, b, gain, dtype)
-        for k, a, b in zip(kl, sizes[:-1], sizes[1:], strict=True)
-    )
-    ts = jnp.linspace(0.0, 10.0, num_times, dtype=dtype)
-    values = jr.normal(kc, (num_times, 1), dtype)
-    control = dfx.LinearInterpolation(ts=ts, ys=values)
-    return Problem(
-        name="seed-002 NODE (1 control)",
-        field=ControlledMLPField(layers),
-        y0=jnp.zeros((2,), dtype),
-        ts=ts,
-        args=control,
-        grad_of="field",
-        loss=lambda ys: jnp.sum(ys**2) / num_times,
-    )
-
-
-# --- (c) long solve, for memory ----------------------------------------------
+# --- long solve, for memory ------------------------------------------------
 
 LONG_STATE = 64
 LONG_HIDDEN = 96

@@ -1,4 +1,4 @@
-"""Problems of the crossover study (issue 6): a field family with state size `n`
+"""Problems of the crossover study : a field family with state size `n`
 and parameter count `p` set independently.
 
 - `"mlp"` (explicit, Tsit5): `y' = -y/2 + (y₋ − y₊)/2 + U tanh(V y + b)`, where
@@ -12,8 +12,8 @@ and parameter count `p` set independently.
   rates `Λ` log-spaced in [1, 10³] (stiffness ratio 10³ on a unit horizon;
   Tsit5 would need ~400 steps, Kvaerno5 takes about 10).
 
-t ∈ [0, 1] (`mlp_t10`: [0, 10]), 5 save times (t0 = ts[0] = 0), loss `Σ y(t_k)²`, float64,
-rtol = atol = 1e-6. The parameters are passed as `args` (a dict), so `Auto`
+t ∈ [0, 1] (`mlp_t10`: [0, 10]), 5 save times (t0 = ts[0] = 0), loss `Σ y(t_k)²`,
+float64, rtol = atol = 1e-6. The parameters are passed as `args` (a dict), so `Auto`
 counts them; the field is a plain function (the coupling is a constant).
 """
 

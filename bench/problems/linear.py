@@ -1,4 +1,4 @@
-"""Problems of the linear-systems benchmark (issue 3), built from seed 000.
+"""Problems of the linear-systems benchmark, built from seed 000.
 
 - `seed000(seed)`: seed 000 exactly. `P` uniform random 100×100 (10^4 rates, the
   parameters), `A = P - diag(rowsum P)` (the seed's corrected code:

@@ -1,44 +1,34 @@
-"""The benchmark suite (issue 6): every named problem × every jaxsens method × peers.
+"""Every named problem × every jaxsens method × peers: the suite behind RESULTS.md.
 
-    /work/venv/bin/python -m bench                      # full suite, then RESULTS.md
-    /work/venv/bin/python -m bench --quick              # small sizes, fewer methods
-                                                        # -> results/quick.md (RESULTS.md untouched)
-    /work/venv/bin/python -m bench --only robertson,heat2d --repeats 9
-    /work/venv/bin/python -m bench --crossover          # also (re-)run bench/crossover.py
-    /work/venv/bin/python -m bench --report             # only rewrite RESULTS.md + plots
+    python -m bench suite                      # full suite, then RESULTS.md
+    python -m bench suite --quick              # small sizes, fewer methods
+                                               # -> results/suite_quick.json, quick.md
+    python -m bench suite --only robertson,heat2d --repeats 9
+    python -m bench --xla-default suite        # XLA:CPU's default small-loop limit
+                                               # -> results/suite_xla_default.json
 
 Problems: `bench.problems.registry()` (seed 000 linear and UDE, seed 002 with 1 and
 100 controls, Lotka–Volterra, Robertson (Kvaerno5), 2-D heat (n = 10^4), the
 long-horizon memory case). Each problem runs in a FRESH subprocess
-(`OPENBLAS_NUM_THREADS=1`) holding all its methods: jaxsens's (`Discrete`,
-`Forward`, `BacksolveAdjoint`, `InterpolatingAdjoint`, `InterpolatingAdjoint(checkpoints=K)`,
-`QuadratureAdjoint`, `GaussAdjoint`, `LinearExpm`/`KrylovExpm` on linear fields,
-`Auto()`) and the peers (diffrax `RecursiveCheckpointAdjoint` and
+(`OPENBLAS_NUM_THREADS=1`) holding all its methods, jaxsens's (`_common.OURS`)
+and the peers' (`_common.PEERS`: diffrax `RecursiveCheckpointAdjoint` and
 `BacksolveAdjoint`, `jax.experimental.ode.odeint`, torchdiffeq `odeint` and
 `odeint_adjoint` where ported). Per method: compile time (`jit(...).lower().compile()`,
 in that process: methods share no XLA executable, but Python-side trace caches
 may make later methods a little cheaper), the first run, then warm calls
 round-robin over all methods in a shuffled order each round (`--repeats` rounds;
 in each round a method is called until `ROUND_S` is spent, at most 50 times, and
-it stops once it has used `BUDGET_S`), reported as median and min of all warm calls; the XLA temp buffers of the
-compiled gradient; the relative error of the gradient against a reference
-(exact `LinearExpm`, `KrylovExpm(tol=1e-12)`, or float64 `Discrete` at
-rtol = atol = 1e-10). `Forward` is skipped when predicted hopeless (≈ 0.1–0.4 · p
-× Discrete's time with an implicit solver, 0.1 · min(n, p) · max(1, n·p/10⁴) ×
-with an explicit one, > `FORWARD_CAP_S`; 1 s with `--quick`).
-
-`--quick`: heat 30×30, long solve 10^3 steps, methods `QUICK_METHODS`, 5 rounds;
-written to `results/suite_quick.json` and `results/quick.md`. Measured: 3 min
-45 s for all 8 problems on the shared 2-core machine at load 1–4 (2026-11-26),
-almost all of it XLA compilation (2–6 s per method and problem).
-
-Auto check: `Auto().decide(...)` (or `.choose` on an older jaxsens) is recorded per
-problem; PASS when Auto's warm median is within 1.5× of the fastest jaxsens
-method's.
+it stops once it has used `BUDGET_S`), reported as median and min of all warm
+calls; the XLA temp buffers of the compiled gradient; the relative error of the
+gradient against a reference (exact `LinearExpm`, `KrylovExpm(tol=1e-12)`, or
+float64 `Discrete` at rtol = atol = 1e-10). `Forward` is skipped when predicted
+hopeless (≈ 0.1–0.4 · p × Discrete's time with an implicit solver,
+0.1 · min(n, p) · max(1, n·p/10⁴) × with an explicit one, > `FORWARD_CAP_S`;
+1 s with `--quick`). `Auto().decide(...)` is recorded per problem.
 
 Writes `bench/results/suite.json` (merged: `--only` keeps the other problems'
 last results, each with its own command, date and commit), `bench/results/suite.png`
-and regenerates `bench/RESULTS.md` (`bench/report.py`).
+and regenerates `bench/RESULTS.md` (`python -m bench report`).
 """
 
 import argparse
@@ -47,51 +37,29 @@ import json
 import os
 import random
 import statistics
-import sys
 import time
 
+from bench._common import (
+    OURS,
+    PEERS,
+    QUICK_METHODS,
+    RESULTS_DIR,
+    RESULTS_MD,
+    command,
+    meta_info,
+    xla_default,
+)
+from bench._timing import timed
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS_DIR = os.path.join(HERE, "results")
+
 SUITE_JSON = os.path.join(RESULTS_DIR, "suite.json")
+XLA_DEFAULT_JSON = os.path.join(RESULTS_DIR, "suite_xla_default.json")
 # --quick runs (CI, development) never overwrite the full results.
 QUICK_JSON = os.path.join(RESULTS_DIR, "suite_quick.json")
 
 BUDGET_S = 8.0  # warm-call budget per method (full); quick: 2 s
 ROUND_S = 0.03  # per method and round: repeat calls until this is spent (≤ 50)
 FORWARD_CAP_S = 20.0  # predicted Forward time above which it is skipped (quick: 3 s)
-AUTO_TOLERANCE = 1.5
-
-OURS = [
-    "Discrete",
-    "Forward",
-    "BacksolveAdjoint",
-    "InterpolatingAdjoint",
-    "InterpolatingAdjoint(checkpoints=K)",
-    "QuadratureAdjoint",
-    "GaussAdjoint",
-    "LinearExpm",
-    "KrylovExpm",
-    "Auto()",
-]
-PEERS = [
-    "diffrax RCA",
-    "diffrax BacksolveAdjoint",
-    "jax odeint",
-    "torchdiffeq odeint",
-    "torchdiffeq odeint_adjoint",
-]
-# --quick: the methods that are fastest somewhere (bench/results/*.md), Auto, and
-# diffrax's default; small sizes (heat 30×30, long solve 10^3 steps).
-QUICK_METHODS = {
-    "Discrete",
-    "Forward",
-    "GaussAdjoint",
-    "LinearExpm",
-    "KrylovExpm",
-    "Auto()",
-    "diffrax RCA",
-}
 
 
 # --- child: one problem ---------------------------------------------------------
@@ -214,9 +182,9 @@ def _child(name, quick, rounds, exclude):
                 eqx.is_inexact_array,
             )
         )
-        t = time.perf_counter()
-        c = g.lower(dyn).compile()
-        return c, dyn, time.perf_counter() - t
+        start = time.perf_counter()
+        c = g.lower(dyn).compile()  # compile only: no call to block on
+        return c, dyn, time.perf_counter() - start
 
     def flat(g):
         return np.asarray(
@@ -227,22 +195,9 @@ def _child(name, quick, rounds, exclude):
     field, _ = pr.split(pr.params)
     auto = jaxsens.Auto()
     try:
-        if hasattr(auto, "decide"):
-            d = auto.decide(field, pr.y0, pr.ts, pr.member_args(), solver=pr.solver)
-            decision = {
-                "method": type(d.method).__name__,
-                "repr": repr(d.method),
-                "rule": str(getattr(d, "rule", "")),
-                "reasons": [str(r) for r in getattr(d, "reasons", ())],
-            }
-        else:
-            m = auto.choose(field, pr.y0, pr.ts, pr.member_args())
-            decision = {
-                "method": type(m).__name__,
-                "repr": repr(m),
-                "rule": "",
-                "reasons": [],
-            }
+        d = auto.decide(field, pr.y0, pr.ts, pr.member_args(), solver=pr.solver)
+        decision = {"method": type(d.method).__name__, "repr": repr(d.method),
+                    "rule": d.rule, "reasons": list(d.reasons)}
     except Exception as e:  # noqa: BLE001
         decision = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     say(auto=decision)
@@ -306,23 +261,16 @@ def _child(name, quick, rounds, exclude):
         row = {}
         try:
             if m.startswith("torch"):
-                fn = torch_fns[m]
-                t = time.perf_counter()
-                g = fn()
-                row["first"] = time.perf_counter() - t
-                call = fn
+                call = torch_fns[m]
+                row["first"], g = timed(call)
             else:
                 c, dyn, row["compile"] = compiled_grad(pr, m)
                 ma = c.memory_analysis()
                 if ma is not None:
                     row["temp_mb"] = ma.temp_size_in_bytes / 2**20
-                t = time.perf_counter()
-                g = jax.block_until_ready(c(dyn))
-                row["first"] = time.perf_counter() - t
-                call = lambda c=c, dyn=dyn: jax.block_until_ready(c(dyn))
-            t = time.perf_counter()
-            call()
-            w = time.perf_counter() - t
+                row["first"], g = timed(c, dyn)
+                call = lambda c=c, dyn=dyn: c(dyn)
+            w = timed(call)[0]
             row["times"] = [w]
             row["warm0"] = w
             row["grad"] = flat(g) if not m.startswith("torch") else np.asarray(g)
@@ -348,9 +296,7 @@ def _child(name, quick, rounds, exclude):
             while n < 50 and (n == 0 or spent < ROUND_S):
                 if sum(rows[m]["times"]) > budget:
                     break
-                t = time.perf_counter()
-                call()
-                dt = time.perf_counter() - t
+                dt = timed(call)[0]
                 rows[m]["times"].append(dt)
                 spent, n = spent + dt, n + 1
 
@@ -417,90 +363,13 @@ def _child(name, quick, rounds, exclude):
 # --- parent ---------------------------------------------------------------------
 
 
-def meta_info(cmd):
-    import platform
-    import subprocess
-
-    import diffrax as dfx
-    import equinox as eqx
-    import jax
-
-    def git(*a):
-        return subprocess.run(
-            ["git", *a], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip()
-
-    rev = git("rev-parse", "--short", "HEAD")
-    if git(
-        "status", "--porcelain", "--", os.path.join(os.path.dirname(HERE), "jaxsens")
-    ):
-        rev += " + uncommitted jaxsens/ changes of the shared working tree"
-    try:
-        import torch
-
-        tv = f", torch {torch.__version__}"
-    except ImportError:
-        tv = ""
-    from bench._timing import pinned
-
-    return {
-        "cmd": pinned(cmd),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()} — shared with other engineers' jobs",
-        "versions": f"jax {jax.__version__}, diffrax {dfx.__version__}, "
-        f"equinox {eqx.__version__}{tv}",
-        "jaxsens": rev,
-        "load": round(os.getloadavg()[0], 1),
-        "xla": _xla_status(),
-    }
-
-
-def _xla_status():
-    """XLA:CPU's small-loop limit as jaxsens set it (jaxsens/_xla.py)."""
-    import jaxsens
-
-    return jaxsens._xla.status
-
-
-def auto_check(res):
-    """`(status, auto_warm, best_name, best_warm, ratio, choice_ratio)` for one problem.
-
-    `ratio` = Auto's own warm median ÷ the fastest jaxsens method's (Auto excluded).
-    Auto decides at trace time, so its gradient is the same computation as the
-    method it picks; on this shared machine two timings of one computation differ
-    by up to ~1.7× from load alone. The verdict therefore uses `choice_ratio` =
-    min(Auto's median, the picked method's median) ÷ the fastest's: whether the
-    CHOICE is within 1.5×.
-    """
-    rows = res["rows"]
-    ours = [m for m in OURS if m != "Auto()" and "warm" in rows.get(m, {})]
-    if not ours or "warm" not in rows.get("Auto()", {}):
-        return "n/a", None, None, None, None, None
-    best = min(ours, key=lambda m: rows[m]["warm"])
-    a, b = rows["Auto()"]["warm"], rows[best]["warm"]
-    picked = res.get("auto", {}).get("method")
-    same = rows.get(picked, {}).get("warm")
-    c = min(a, same) if same is not None else a
-    return ("PASS" if c <= AUTO_TOLERANCE * b else "FAIL"), a, best, b, a / b, c / b
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__.splitlines()[0]
-    )
+def main(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench suite",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated problem names")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=None)
-    ap.add_argument(
-        "--crossover",
-        action="store_true",
-        help="also run the crossover sweep (bench/crossover.py)",
-    )
-    ap.add_argument(
-        "--report", action="store_true", help="only regenerate RESULTS.md and the plots"
-    )
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--child", nargs=2, metavar=("PROBLEM", "QUICK"))
     ap.add_argument("--exclude", default="{}")
@@ -519,64 +388,47 @@ def main(argv=None):
             log(k)
         return
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = QUICK_JSON if a.quick else SUITE_JSON
+    path = QUICK_JSON if a.quick else XLA_DEFAULT_JSON if xla_default() else SUITE_JSON
     data = {"problems": {}}
     if os.path.exists(path):
         with open(path) as fh:
             data = json.load(fh)
-    if not a.report:
-        names = a.only.split(",") if a.only else list(registry())
-        unknown = [n for n in names if n not in registry()]
-        if unknown:
-            ap.error(f"unknown problem(s) {unknown}; known: {list(registry())}")
-        cmd = "python -m bench" + "".join(
-            f" {x}" for x in (sys.argv[1:] if argv is None else argv)
-        )
-
-        rounds = a.repeats or (5 if a.quick else 9)
-        timeout = a.timeout or (300 if a.quick else 600)
-        for name in names:
-            meta = meta_info(cmd)
-            log(f"== {name} (load {meta['load']})")
-            res = child_mod.run(
-                "bench.run",
-                [name, int(a.quick)],
-                rounds=rounds,
-                timeout=timeout,
-                log=log,
-            )
-            res["meta"] = meta
-            data["problems"][name] = res
-            if "rows" in res:
-                for m, r in res["rows"].items():
-                    val = (
-                        f"warm {r['warm'] * 1e3:.3g} ms (min {r['min'] * 1e3:.3g}), "
-                        f"compile {r.get('compile', float('nan')):.1f} s, "
-                        f"relerr {r.get('rel_err', float('nan')):.1e}"
-                        if "warm" in r
-                        else r.get("skipped") or r.get("error")
-                    )
-                    log(f"  {m:38s} {val}")
-                st, aw, best, bw, ratio, cr = auto_check(res)
-                log(
-                    f"  Auto -> {res['auto'].get('method')}: {st} (Auto ×"
-                    f"{ratio if ratio is None else round(ratio, 2)}, choice ×"
-                    f"{cr if cr is None else round(cr, 2)} of {best})"
+    names = a.only.split(",") if a.only else list(registry())
+    unknown = [n for n in names if n not in registry()]
+    if unknown:
+        ap.error(f"unknown problem(s) {unknown}; known: {list(registry())}")
+    cmd = command("suite", argv)
+    rounds = a.repeats or (5 if a.quick else 9)
+    timeout = a.timeout or (300 if a.quick else 600)
+    for name in names:
+        meta = meta_info(cmd)
+        log(f"== {name} (load {meta['load']})")
+        res = child_mod.run("suite", [name, int(a.quick)], rounds=rounds,
+                            timeout=timeout, log=log)
+        res["meta"] = meta
+        data["problems"][name] = res
+        if "rows" in res:
+            for m, r in res["rows"].items():
+                val = (
+                    f"warm {r['warm'] * 1e3:.3g} ms (min {r['min'] * 1e3:.3g}), "
+                    f"compile {r.get('compile', float('nan')):.1f} s, "
+                    f"relerr {r.get('rel_err', float('nan')):.1e}"
+                    if "warm" in r
+                    else r.get("skipped") or r.get("error")
                 )
-            with open(path, "w") as fh:
-                json.dump(data, fh, indent=1)
-    if a.crossover:
-        from bench import crossover
-
-        crossover.run(quick=a.quick, repeats=a.repeats, log=log)
-    if a.quick and not a.report:
+                log(f"  {m:38s} {val}")
+            st, aw, best, bw, ratio, cr = report.auto_check(res)
+            log(
+                f"  Auto -> {res['auto'].get('method')}: {st} (Auto ×"
+                f"{ratio if ratio is None else round(ratio, 2)}, choice ×"
+                f"{cr if cr is None else round(cr, 2)} of {best})"
+            )
+        with open(path, "w") as fh:
+            json.dump(data, fh, indent=1)
+    if a.quick:
         out = os.path.join(RESULTS_DIR, "quick.md")
-        report.write(QUICK_JSON, out, os.path.join(RESULTS_DIR, "suite_quick.png"))
-    else:
-        out = os.path.join(HERE, "RESULTS.md")
+        report.write_quick(QUICK_JSON, out)
+        log(f"wrote {out}")
+    elif path == SUITE_JSON:
         report.write()
-    log(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    main()
+        log(f"wrote {RESULTS_MD}")
