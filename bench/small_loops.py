@@ -73,13 +73,6 @@ def main(argv):
             f"Over {len(ratios)} JAX-based (method, problem) pairs: speed-up from "
             f"{lo[0]:.2f} ({lo[2]}, {lo[1]}) to {hi[0]:.2f} ({hi[2]}, {hi[1]}); "
             f"{sum(r < 0.95 for r, *_ in ratios)} below 0.95.",
-            "",
-            "Re-checked by hand (2026-11-26, `taskset -c 1`, fresh processes, median",
-            "of 5, alternating the settings twice): Forward on seed000_linear took",
-            "6.88/6.68 s with XLA's default and 6.74/6.66 s raised — the 0.92 above",
-            "is noise; an earlier pair of runs put GaussAdjoint on heat2d at 0.87,",
-            "which re-measured at 1.27/1.32 s (default) and 1.31/1.32 s (raised):",
-            "memory-bound gradients (2.5 GB of temporaries) are not slowed down.",
         ]
     with open(OUT, "w") as fh:
         fh.write("\n".join(lines) + "\n")

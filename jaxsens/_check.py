@@ -309,14 +309,15 @@ def check_gradient(
         return jnp.sum(-2 * t * jnp.array([1.0, 4.0]) * jnp.exp(-2 * k * t), axis=0)
 
     check = jaxsens.check_gradient(loss, jnp.array([0.5, 1.5]),
+                                   methods=[jaxsens.Discrete(), jaxsens.Forward()],
                                    extra={"closed form": my_grad})
     print(check)
     assert check.ok
     ```
 
     Run it whenever a gradient is written by hand or a method is chosen for a new
-    problem: seed 000's hand-rewritten `expm` gradient was wrong at first, and a
-    table against `Discrete()` and finite differences shows that at once. When
+    problem: a hand-written gradient (say, of an `expm` solution) is easily wrong
+    at first, and a table against `Discrete()` and finite differences shows that at once. When
     only the finite-difference column fails, suspect the differences (tolerances
     too loose inside `loss`), not the gradients.
     """

@@ -6,7 +6,7 @@ polynomial kernel smoother; stage 2 minimises `mean_i ‖û'(t_i) − f(t_i, û(
 (no ODE solve: a few milliseconds per step); stage 3 refines θ by (multiple)
 shooting from there.
 
-Caveat (seed 003): collocation only asks that `f` match the local slope of the
+Caveat: collocation only asks that `f` match the local slope of the
 data. It cannot see how errors accumulate when the ODE is integrated, so a θ
 with a small collocation loss can still give a trajectory that drifts away from
 the data (and its estimates are biased wherever the smoother is: at the ends of
@@ -259,11 +259,11 @@ def fit(
     **Example:**
 
     ```python
-    import jax.numpy as jnp, jaxsens
+    import jax.numpy as jnp, optax, jaxsens
     ts = jnp.linspace(0.0, 3.0, 31)
     data = jnp.exp(-2.0 * ts)[:, None]
     res = jaxsens.collocation.fit(lambda t, y, k: -k * y, ts, data, jnp.array(1.0),
-                                  steps=300, optimizer=__import__("optax").adam(0.05))
+                                  steps=300, optimizer=optax.adam(0.05))
     res.args   # ≈ 2
     ```
 

@@ -36,8 +36,8 @@ METHODS = {
 
 
 # Forward mode solves the n × p sensitivity matrix with the state (n Jacobian rows
-# per stage): above this many entries the demo does not time it (crossover sweep:
-# 160× Discrete's time at 64 × 4128; the demo's 32 controls give 64 × 1250).
+# per stage): above this many entries it is far slower than the reverse methods
+# and the demo does not time it (the demo's 32 controls give 64 × 1250).
 _FORWARD_MAX = 20_000
 
 

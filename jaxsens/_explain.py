@@ -304,8 +304,8 @@ def explain(
     ```
 
     Run it once per new problem, before training: a gradient that is 20 % off
-    (seed 002 at rtol = atol = 1e-6, whose states are ~1e-4) trains slowly or not
-    at all, and nothing else tells you. Tightening `atol` to about `rtol` times the
+    (as with rtol = atol = 1e-6 on a model whose states are ~1e-4) trains slowly
+    or not at all, and nothing else tells you. Tightening `atol` to about `rtol` times the
     state's size is usually the cheapest fix.
     """
     auto = Auto() if auto is None else auto

@@ -4,6 +4,8 @@ smoothed slopes without solving the ODE, then refine by shooting.
 Caveat: collocation cannot see error accumulation along a trajectory; refine by
 shooting (`two_stage_fit`).
 
+**Example:**
+
 ```python
 import jax.numpy as jnp, jaxsens
 ts = jnp.linspace(0.0, 3.0, 31)

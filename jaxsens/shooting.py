@@ -1,6 +1,8 @@
 """Multiple shooting: fit ODE models on segments solved in parallel (`jax.vmap`),
 each from its own trainable start state, tied by a continuity penalty.
 
+**Example:**
+
 ```python
 import jax.numpy as jnp, jaxsens
 ts = jnp.linspace(0.0, 4.0, 9)

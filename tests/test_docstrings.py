@@ -14,7 +14,10 @@ NAMESPACES = {
     "jaxsens.shooting": jaxsens.shooting,
     "jaxsens.collocation": jaxsens.collocation,
 }
-_SECTION = re.compile(r"\*\*Example[^*\n]*:\*\*(.*?)(?=\n\s*\*\*\w[^*\n]*:\*\*|\Z)", re.S)
+# From an `**Example:**` (or `**Example (...):**`) header to the next bold header.
+_SECTION = re.compile(
+    r"\*\*Example[^*\n]*:\*\*(.*?)(?=\n\s*\*\*\w[^*\n]*:\*\*|\Z)", re.S
+)
 _BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
@@ -44,13 +47,14 @@ def _documented():
 
 
 def _examples():
+    """One case per docstring: its example blocks, run in order in one namespace
+    (a later block may use what an earlier one defined)."""
     cases = []
     for qualname, doc in _documented():
         blocks = [b for section in _SECTION.findall(doc)
                   for b in _BLOCK.findall(section)]
-        for i, block in enumerate(blocks):
-            suffix = f"[{i}]" if len(blocks) > 1 else ""
-            cases.append(pytest.param(block, id=qualname + suffix))
+        if blocks:
+            cases.append(pytest.param(blocks, id=qualname))
     return cases
 
 
@@ -58,12 +62,15 @@ EXAMPLES = _examples()
 
 
 def test_the_public_api_has_examples():
-    names = {p.id.split("[")[0] for p in EXAMPLES}
+    names = {p.id for p in EXAMPLES}
     for name in ("jaxsens.solve", "jaxsens.Auto", "jaxsens.explain", "jaxsens.fit",
                  "jaxsens.compile_small_loops_whole", "jaxsens.nn.NeuralODE"):
         assert name in names, f"{name} has no runnable **Example:**"
 
 
-@pytest.mark.parametrize("source", EXAMPLES)
-def test_example_runs(source):
-    exec(compile(source, "<docstring example>", "exec"), {"__name__": "__example__"})
+@pytest.mark.parametrize("blocks", EXAMPLES)
+def test_example_runs(blocks, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that save files write them here
+    namespace = {"__name__": "__example__"}
+    for source in blocks:
+        exec(compile(source, "<docstring example>", "exec"), namespace)

@@ -17,7 +17,7 @@ class MLPField(eqx.Module):
 
     - `state_size`: the length `n` of the state `y`.
     - `width`, `depth`: hidden-layer width and number of hidden layers (`depth=3,
-        width=10` is seed 002's `n→10→10→10→n`).
+        width=10` is `n→10→10→10→n`).
     - `activation`: applied after each hidden layer (default `jax.nn.softplus`;
         smooth activations give smooth fields, which adaptive solvers reward).
     - `init_scale`: the gain of the Glorot-uniform weight initialisation (biases
@@ -71,16 +71,16 @@ class ControlledField(eqx.Module):
 
     **Returns:** a Module, called as `field(t, y, control)`.
 
-    **Example (seed 002's model):**
+    **Example:** a 2-state model driven by one control input.
 
     ```python
     import jax, jax.numpy as jnp, jax.random as jr, jaxsens
     field = jaxsens.nn.ControlledField(2, 1, width=10, depth=3,
                                        activation=jax.nn.selu, init_scale=0.1,
                                        key=jr.key(0))
-    ts = jnp.linspace(0.0, 10.0, 100)
-    u = jaxsens.Control(ts, jr.normal(jr.key(1), (100,)))
-    ys = jaxsens.solve(field, jnp.zeros(2), ts, u).ys      # (100, 2)
+    ts = jnp.linspace(0.0, 10.0, 20)
+    u = jaxsens.Control(ts, jr.normal(jr.key(1), (20,)))
+    ys = jaxsens.solve(field, jnp.zeros(2), ts, u).ys      # (20, 2)
     ```
     """
 

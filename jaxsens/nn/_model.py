@@ -32,8 +32,8 @@ class NeuralODE(eqx.Module):
     - `solver`: a diffrax solver (default `diffrax.Tsit5()`).
     - `rtol`, `atol`, `dt0`, `max_steps`: as in `jaxsens.solve`.
     - `sensitivity`: the gradient method (default `jaxsens.Auto()`). For a batch
-        of controls solved with `model.batched`, `jaxsens.Discrete()` was the
-        fastest on seed 002 (`bench/results/controls.md`).
+        of controls solved with `model.batched`, `jaxsens.Discrete()` is usually
+        the fastest (see the README's performance section).
 
     **Returns:** a Module; `model(y0, ts, args)` gives `ys` of shape
     `(len(ts), *y0.shape)`, `model.solve(...)` the full `jaxsens.Solution`, and
