@@ -42,7 +42,3 @@ def controls(nc: int, key=1, dtype=jnp.float32) -> jaxsens.Control:
 def y0(dtype=jnp.float32):
     return jnp.zeros(STATE, dtype)
 
-
-def loss_one(pred):
-    """One control's term: `sum(pred²) / 100`."""
-    return jnp.sum(pred**2) / NT

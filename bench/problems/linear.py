@@ -4,11 +4,6 @@
   parameters), `A = P - diag(rowsum P)` (the seed's corrected code:
   `du_i = Σ_j P_ij (u_j - u_i)`), `data` uniform random 100×4, `u0 = data[:, 0]`,
   `t0 = 1`, save times 1, 2, 3, 4, loss `Σ (pred - data)²`, float64.
-- `seed000_stiff(seed)`: the stiff, long-horizon variant: rates × 100, 200 save
-  times on [0, 4]. The seed starts at its first save time (t0 = 1 = ts[0]); here
-  likewise t0 = ts[0] = 0, `u0 = data[:, 0]` and `data` is 100×200 uniform random.
-  With eigenvalues of A down to ≈ -10^4 this needs an implicit solver for any
-  time-stepped method (`diffrax.Kvaerno5()`).
 - `seed000_ude(seed)`: seed 000's second model, a universal differential
   equation: the same linear coupling plus a small MLP 4→5→4 applied to each of
   the 25 blocks of 4 states, `u' = A u + NN(u)`. The seed's Lux `Dense` layers
@@ -96,22 +91,6 @@ def seed000(seed: int = 0) -> LinearProblem:
         y0=data[:, 0],
         ts=ts,
         t0=1.0,
-        params=P,
-        loss=_sq_loss(data),
-    )
-
-
-def seed000_stiff(seed: int = 0, rate_scale: float = 100.0, num_times: int = 200):
-    rng = np.random.default_rng(seed)
-    P = jnp.asarray(rate_scale * rng.uniform(size=(100, 100)))
-    data = jnp.asarray(rng.uniform(size=(100, num_times)))
-    ts = jnp.linspace(0.0, 4.0, num_times)
-    return LinearProblem(
-        name="seed000_stiff",
-        field=jaxsens.LinearField(rate_matrix),
-        y0=data[:, 0],
-        ts=ts,
-        t0=0.0,
         params=P,
         loss=_sq_loss(data),
     )
