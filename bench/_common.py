@@ -89,7 +89,8 @@ def meta_info(cmd: str) -> dict:
         f"equinox {eqx.__version__}{tv}",
         "jaxsens": rev,
         "load": round(os.getloadavg()[0], 1),
-        "xla": _xla.status(),
+        "xla": (f"raised to {_xla.BYTES} bytes" if _xla.in_effect()
+                else f"XLA's default ({_xla.XLA_DEFAULT_BYTES} bytes)"),
     }
 
 
