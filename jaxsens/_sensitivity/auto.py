@@ -58,9 +58,9 @@ def traced_param_size(field, y0, ts, args) -> int:
     return _size([x for x in _param_leaves(converted, args) if has_tracer(x)])
 
 
-# Auto's cost model (units: one `Discrete` gradient), fitted to the crossover
-# benchmark (`python -m bench crossover`). Only `AutoDecision.estimates` uses it;
-# the choice itself follows the documented thresholds.
+# Auto's cost model (units: one `Discrete` gradient), fitted to the repository's
+# crossover benchmark. Only `AutoDecision.estimates` uses it; the choice itself
+# follows the documented thresholds.
 _FORWARD_BASE = 0.4  # explicit solver, by Jacobian rows: base + per state + per entry
 _FORWARD_PER_STATE = 0.15
 _FORWARD_PER_ENTRY = 6e-4
