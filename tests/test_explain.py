@@ -46,6 +46,8 @@ def test_accurate_gradient():
     text = str(e)
     assert "Auto picks Forward()" in text and decision.rule in text
     assert "← picked" in text
+    # It says whether XLA:CPU compiles the solve's loops whole (on in this suite).
+    assert "compiles this process's small loops whole" in text
 
     # The reference is right, and the reported error is the true error of the
     # gradient at the user's tolerances.
