@@ -37,12 +37,29 @@ ADJOINTS = ["BacksolveAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint",
 # `--quick` suite runs: the methods that are fastest somewhere, Auto, diffrax's default.
 QUICK_METHODS = {"Discrete", "Forward", "GaussAdjoint", "LinearExpm", "KrylovExpm",
                  "Auto()", "diffrax RCA"}
+# The crossover grid's methods (a memory variant of InterpolatingAdjoint left out).
+CROSSOVER_METHODS = ["Discrete", "Forward", *ADJOINTS]
 # Auto passes its check when its choice is within this factor of the fastest.
 AUTO_TOLERANCE = 1.5
 
 # Set by `python -m bench --xla-default`: leave XLA:CPU's small-loop limit at its
 # default instead of calling `jaxsens.compile_small_loops_whole()`.
 XLA_DEFAULT_ENV = "BENCH_XLA_DEFAULT"
+
+
+def method(name: str, *, checkpoints=None, adjoint_max_steps=None):
+    """The jaxsens sensitivity method a table names (`OURS`)."""
+    import jaxsens
+
+    if name == "Auto()":
+        return jaxsens.Auto()
+    kw = {}
+    if name == "InterpolatingAdjoint(checkpoints=K)":
+        name, kw = "InterpolatingAdjoint", {"checkpoints": checkpoints}
+    cls = getattr(jaxsens, name)
+    if adjoint_max_steps and issubclass(cls, jaxsens.AbstractAdjoint):
+        kw["max_steps"] = adjoint_max_steps
+    return cls(**kw)
 
 
 def xla_default() -> bool:

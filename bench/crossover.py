@@ -32,20 +32,20 @@ import os
 import statistics
 
 from bench import _child
-from bench._common import ADJOINTS, RESULTS_DIR, command, meta_info
+from bench._common import (
+    ADJOINTS,
+    CROSSOVER_METHODS,
+    RESULTS_DIR,
+    command,
+    meta_info,
+    method,
+)
 from bench._timing import timed
 
 
 JSON_PATH = os.path.join(RESULTS_DIR, "crossover.json")
 
-METHODS = [
-    "Discrete",
-    "Forward",
-    "BacksolveAdjoint",
-    "InterpolatingAdjoint",
-    "QuadratureAdjoint",
-    "GaussAdjoint",
-]
+METHODS = CROSSOVER_METHODS
 # `InterpolatingAdjoint(checkpoints=K)` is left out: a memory variant of
 # InterpolatingAdjoint, never faster, and each method costs ~5 s of compile per
 # grid point. It is in the suite (`python -m bench suite`).
@@ -126,22 +126,6 @@ QUICK = {
 # --- child: one grid point ------------------------------------------------------
 
 
-def _method(name):
-    import jaxsens
-
-    return {
-        "Discrete": jaxsens.Discrete,
-        "Forward": jaxsens.Forward,
-        "BacksolveAdjoint": jaxsens.BacksolveAdjoint,
-        "InterpolatingAdjoint": jaxsens.InterpolatingAdjoint,
-        "InterpolatingAdjoint(checkpoints=4)": lambda: jaxsens.InterpolatingAdjoint(
-            checkpoints=4
-        ),
-        "QuadratureAdjoint": jaxsens.QuadratureAdjoint,
-        "GaussAdjoint": jaxsens.GaussAdjoint,
-    }[name]()
-
-
 def child(family, n, h, rounds, exclude):
     import jax
 
@@ -212,7 +196,7 @@ def child(family, n, h, rounds, exclude):
             }
             continue
         say(start=name)
-        f = grad_of(_method(name))
+        f = grad_of(method(name))
         try:
             first, g = timed(f, pr.params)
         except Exception as e:  # noqa: BLE001 - reported, not fatal

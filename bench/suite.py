@@ -47,6 +47,7 @@ from bench._common import (
     RESULTS_MD,
     command,
     meta_info,
+    method as named_method,
     xla_default,
 )
 from bench._timing import timed
@@ -87,19 +88,8 @@ def _child(name, quick, rounds, exclude):
     fwd_cap = 1.0 if quick else FORWARD_CAP_S
 
     def sensitivity(m, prob):
-        if m == "LinearExpm":
-            return jaxsens.LinearExpm()
-        if m == "KrylovExpm":
-            return jaxsens.KrylovExpm()
-        if m == "Auto()":
-            return jaxsens.Auto()
-        kw = {}
-        if m == "InterpolatingAdjoint(checkpoints=K)":
-            m, kw = "InterpolatingAdjoint", {"checkpoints": prob.checkpoints}
-        cls = getattr(jaxsens, m)
-        if prob.adjoint_max_steps and issubclass(cls, jaxsens.AbstractAdjoint):
-            kw["max_steps"] = prob.adjoint_max_steps
-        return cls(**kw)
+        return named_method(m, checkpoints=prob.checkpoints,
+                            adjoint_max_steps=prob.adjoint_max_steps)
 
     def solve_ys(prob, field, args, method, **over):
         o = dict(rtol=prob.rtol, atol=prob.atol, max_steps=prob.max_steps)
