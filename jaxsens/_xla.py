@@ -82,7 +82,11 @@ def compile_small_loops_whole() -> None:
         return
     new = with_threshold(flags, BYTES)
     os.environ["XLA_FLAGS"] = new
-    if not in_effect():
+    try:
+        on = in_effect()
+    except RuntimeError:  # no CPU backend in this process (`JAX_PLATFORMS`)
+        on = True  # nothing to compile whole; the option only concerns XLA:CPU
+    if not on:
         if flags:
             os.environ["XLA_FLAGS"] = flags
         else:
