@@ -18,9 +18,10 @@ SCRIPT = textwrap.dedent(
     """
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jaxsens
+    jaxsens.compile_small_loops_whole()  # keeps the 4-device flag, adds its own
     import jax, jax.numpy as jnp, jax.random as jr, equinox as eqx
     jax.config.update("jax_enable_x64", True)
-    import jaxsens
 
     assert jax.device_count() == 4
     field = jaxsens.nn.ControlledField(2, 1, width=4, depth=1, key=jr.key(0))
