@@ -317,9 +317,9 @@ def check_gradient(
 
     Run it whenever a gradient is written by hand or a method is chosen for a new
     problem: a hand-written gradient (say, of an `expm` solution) is easily wrong
-    at first, and a table against `Discrete()` and finite differences shows that at once. When
-    only the finite-difference column fails, suspect the differences (tolerances
-    too loose inside `loss`), not the gradients.
+    at first, and a table against `Discrete()` and finite differences shows that
+    at once. When only the finite-difference column fails, suspect the
+    differences (tolerances too loose inside `loss`), not the gradients.
     """
     if not callable(loss):
         raise TypeError(

@@ -305,8 +305,8 @@ def explain(
 
     Run it once per new problem, before training: a gradient that is 20 % off
     (as with rtol = atol = 1e-6 on a model whose states are ~1e-4) trains slowly
-    or not at all, and nothing else tells you. Tightening `atol` to about `rtol` times the
-    state's size is usually the cheapest fix.
+    or not at all, and nothing else tells you. Tightening `atol` to about `rtol`
+    times the state's size is usually the cheapest fix.
     """
     auto = Auto() if auto is None else auto
     if not isinstance(auto, Auto):

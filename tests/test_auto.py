@@ -22,7 +22,8 @@ THETA = jnp.array([0.2, 0.3, 0.35, 0.4])
 
 def zone_field(t, y, theta):
     # A state of N, a reaction coefficient per zone: P parameters.
-    return -0.5 * y + 0.5 * (jnp.roll(y, 1) - jnp.roll(y, -1)) + theta[ZONE] * jnp.tanh(y)
+    coupling = 0.5 * (jnp.roll(y, 1) - jnp.roll(y, -1))
+    return -0.5 * y + coupling + theta[ZONE] * jnp.tanh(y)
 
 
 def _loss_and_pick(sensitivity):
