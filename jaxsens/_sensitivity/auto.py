@@ -245,7 +245,10 @@ class Auto(AbstractSensitivity):
 
     The thresholds are where the measured crossovers lie on CPU (the README's
     performance section); `AutoDecision.estimates` gives the cost model's view of
-    the alternatives.
+    the alternatives. That forward sensitivities win for small `n + p` and
+    adjoints for large `p` is the finding of Ma, Dixit, Innes, Guo & Rackauckas,
+    "A comparison of automatic differentiation and continuous sensitivity
+    analysis for derivatives of differential equation solutions" (2021).
 
     **What counts as differentiated.** Inside a trace (`jit`, `grad`, `vmap`),
     only traced inputs can be differentiated: `p` counts the traced

@@ -20,7 +20,8 @@ from .._solve import solve
 class NeuralODE(eqx.Module):
     """A vector field together with its solver, tolerances and sensitivity method:
     `model(y0, ts, args)` returns the trajectory, differentiable w.r.t. the field's
-    parameters, `y0` and `args` by the chosen method.
+    parameters, `y0` and `args` by the chosen method (neural ODEs: Chen,
+    Rubanova, Bettencourt & Duvenaud 2018).
 
     Only the field's inexact arrays are trainable; the settings are static, so
     `eqx.filter_grad`, `eqx.filter_jit`, `eqx.tree_serialise_leaves` and
