@@ -3,13 +3,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from .base import (
-    AbstractSensitivity,
-    checked,
-    diffrax_result,
-    diffrax_solve,
-    stats_of,
-)
+from .._solution import checked, guarded
+from .base import AbstractSensitivity, diffrax_solve, stats_of
 
 
 # Store every step when the stored states, `max_steps` of them, take at most this
@@ -117,7 +112,9 @@ class Discrete(AbstractSensitivity):
                 checkpoints = default_checkpoints(y0, options.max_steps)
             adjoint = dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
         sol = diffrax_solve(field, y0, ts, args, options, adjoint=adjoint)
-        result = diffrax_result(sol.result)
-        return checked(sol.ys, result, options.throw), stats_of(sol), result
+        ys = guarded(sol.ys, sol.result, options.throw)
+        if options.throw:
+            ys = checked(ys, sol.result, True)
+        return ys, stats_of(sol), sol.result
 
 
