@@ -212,34 +212,38 @@ def checked(x: PyTree, result: RESULTS, throw: bool) -> PyTree:
 
 
 @jax.custom_jvp
-def _scale_tangent(x, s):
+def _scale_tangent(x, inputs, s):
     return x
 
 
 @_scale_tangent.defjvp
 def _scale_tangent_jvp(primals, tangents):
-    x, s = primals
-    tx, _ = tangents
-    return x, jtu.tree_map(lambda t: t * s.astype(t.dtype), tx)
+    x, inputs, s = primals
+    tx, t_inputs, _ = tangents
+    # `(s - 1)` is exactly 0 on success; on failure it carries NaN (or the check)
+    # to every input's derivative, even where `ys` does not depend on it.
+    link = sum(jnp.sum(t) for t in jtu.tree_leaves(t_inputs)) * (s - 1)
+    return x, jtu.tree_map(lambda t: (t * s + link).astype(t.dtype), tx)
 
 
-def guarded(ys: PyTree, result: RESULTS, throw: bool) -> PyTree:
+def guarded(ys: PyTree, result: RESULTS, throw: bool, inputs: PyTree = ()) -> PyTree:
     """`ys` unchanged, with its derivative checked against `result`.
 
     For outputs differentiated by JAX's own rules (diffrax's adjoints, `expm`):
-    the tangent of `ys` is multiplied by `s = checked(1, result, throw)`, which
-    is `1` on success. A multiplication is linear in the tangent, so reverse
-    mode transposes it into `ȳ · s`, and `s`, a value the gradient needs, keeps
-    its check alive in `grad`, `jit(grad)`, `jacrev`, `jacfwd`, `jvp` and
-    `hessian` whatever the loss uses of `ys`. A failure raises (`throw`) or
-    makes the derivative NaN.
+    the tangent of `ys` becomes `ẏ s + (s - 1) Σ ẋ` with `s = checked(1, result,
+    throw)`, which is `1` on success, and `ẋ` the tangents of `inputs` (the
+    solve's differentiable inputs). It is linear in the tangents, so reverse mode
+    transposes it, and `s`, a value every derivative needs, keeps its check alive
+    in `grad`, `jit(grad)`, `jacrev`, `jacfwd`, `jvp` and `hessian` whatever the
+    loss uses of `ys`. A failure raises (`throw`) or makes every derivative NaN.
     """
     leaves = [v for v in jtu.tree_leaves(ys) if eqx.is_inexact_array(v)]
     if not leaves:
         return ys
     dtype = jnp.result_type(*leaves)
     s = checked(jnp.ones((), dtype), result, throw)
-    return _scale_tangent(ys, s)
+    inputs = eqx.filter(inputs, eqx.is_inexact_array)
+    return _scale_tangent(ys, inputs, s)
 
 
 class Solution(eqx.Module):

@@ -4,7 +4,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._solution import checked, guarded
-from .base import AbstractSensitivity, diffrax_solve, stats_of
+from .base import AbstractSensitivity, as_problem, diffrax_solve, stats_of
 
 
 # Store every step when the stored states, `max_steps` of them, take at most this
@@ -111,8 +111,11 @@ class Discrete(AbstractSensitivity):
             if checkpoints is None:
                 checkpoints = default_checkpoints(y0, options.max_steps)
             adjoint = dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
-        sol = diffrax_solve(field, y0, ts, args, options, adjoint=adjoint)
-        ys = guarded(sol.ys, sol.result, options.throw)
+        problem = as_problem(field, y0, ts, args, options)
+        sol = diffrax_solve(problem.field, y0, ts, problem.args, options,
+                            adjoint=adjoint)
+        inputs = (problem.diff, y0, ts, options.t0)
+        ys = guarded(sol.ys, sol.result, options.throw, inputs)
         if options.throw:
             ys = checked(ys, sol.result, True)
         return ys, stats_of(sol), sol.result

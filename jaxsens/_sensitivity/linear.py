@@ -212,7 +212,7 @@ class LinearExpm(AbstractSensitivity):
             RESULTS.expm_out_of_range,
             RESULTS.where(all_finite(ys), RESULTS.successful, RESULTS.linear_nonfinite),
         )
-        ys = guarded(ys, result, options.throw)
+        ys = guarded(ys, result, options.throw, (m, y0, ts, t0))
         if options.throw:
             ys = checked(ys, result, True)
         minus_one = jnp.array(-1, jnp.int32)
