@@ -109,7 +109,7 @@ A = jnp.array([[-1.0, 0.5], [0.2, -0.7]])
 LINEAR = jaxsens.LinearField(lambda a: a, forcing=jnp.array([0.3, -0.1]))
 LINEAR_METHODS = {
     "LinearExpm": jaxsens.LinearExpm(),
-    "KrylovExpm": jaxsens.KrylovExpm(krylov_dim=2),
+    "KrylovExpm": jaxsens.KrylovExpm(),
     "Auto": jaxsens.Auto(),
 }
 GRIDS = {
