@@ -229,15 +229,16 @@ def solve(
         ~all_finite(y0),
         "`y0` contains NaN or inf. Check how the initial state was built.",
     )
-    # Traced settings are checked when they arrive (a Python number was above).
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(tol, (int, float)):
-            y0 = eqx.error_if(y0, ~(jnp.asarray(tol) > 0),
-                              f"`{name}` must be positive.")
+    # Traced settings are checked on their own values, before diffrax reads them
+    # (a Python number was checked above).
+    if not isinstance(rtol, (int, float)):
+        rtol = eqx.error_if(rtol, ~(jnp.asarray(rtol) > 0), "`rtol` must be positive.")
+    if not isinstance(atol, (int, float)):
+        atol = eqx.error_if(atol, ~(jnp.asarray(atol) > 0), "`atol` must be positive.")
     if dt0 is not None and not isinstance(dt0, (int, float)):
-        y0 = eqx.error_if(y0, ~(jnp.asarray(dt0) > 0),
-                          "`dt0` must be positive (the first step size, forwards "
-                          "in time). Leave it out to have it chosen automatically.")
+        dt0 = eqx.error_if(dt0, ~(jnp.asarray(dt0) > 0),
+                           "`dt0` must be positive (the first step size, forwards "
+                           "in time). Leave it out to have it chosen automatically.")
 
     options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times,
                            y0_traced)
