@@ -7,11 +7,34 @@ import jax.tree_util as jtu
 from jaxtyping import ArrayLike, Float, PyTree
 
 from ._sensitivity.auto import Auto, has_tracer
-from ._sensitivity.base import AbstractSensitivity, SolveOptions, static_times
+from ._sensitivity.base import AbstractSensitivity, SolveOptions, all_finite, static_times
 from ._solution import Solution
 
 
+_WORKING_DTYPES = "float32, float64, complex64 or complex128"
+
+
+def _check_dtypes(y0):
+    """Half precision and non-numeric states are refused with the dtypes that work;
+    Python numbers and integer arrays become floating point."""
+    for x in jtu.tree_leaves(y0):
+        dtype = jnp.result_type(x)
+        if jnp.issubdtype(dtype, jnp.inexact) and jnp.finfo(dtype).bits < 32:
+            raise ValueError(
+                f"`y0` has a leaf of dtype {dtype}: half precision is too coarse for "
+                f"an adaptive ODE solve. jaxsens solves in {_WORKING_DTYPES}: pass "
+                "e.g. `y0.astype(jnp.float32)`."
+            )
+        if jnp.issubdtype(dtype, jnp.bool_) or not jnp.issubdtype(dtype, jnp.number):
+            raise ValueError(
+                f"`y0` has a leaf of dtype {dtype}, which is not a number. jaxsens "
+                f"solves in {_WORKING_DTYPES}: pass e.g. `y0.astype(jnp.float64)`."
+            )
+
+
 def _float_dtype(y0):
+    """The time dtype: the widest real floating dtype of `y0` (the default float if
+    it has none)."""
     leaves = jtu.tree_leaves(y0)
     dtypes = [jnp.result_type(x) for x in leaves if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     if dtypes:
@@ -21,16 +44,20 @@ def _float_dtype(y0):
 
 
 def _as_state(y0, dtype):
-    def convert(x):
-        x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.inexact):
-            x = x.astype(dtype)
-        return x
-
+    """`y0` as arrays: integer leaves become `dtype`; every leaf is promoted with
+    the time dtype, as diffrax promotes it (a float32 leaf beside a float64 one
+    is solved in float64)."""
     leaves = jtu.tree_leaves(y0)
     if not leaves:
         raise ValueError("`y0` has no array leaves: pass the initial state, e.g. "
                          "`y0=jnp.array([1.0, 0.0])`.")
+
+    def convert(x):
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return x.astype(dtype)
+        return x.astype(jnp.result_type(x.dtype, dtype))
+
     return jtu.tree_map(convert, y0)
 
 
@@ -66,6 +93,16 @@ def _check_field_output(field, t0, y0, args):
             f"`y0`; `y0` has structure {y_struct} but the field returned {o_struct}."
         )
     for y, o in zip(jtu.tree_leaves(y0), jtu.tree_leaves(out), strict=True):
+        if jnp.issubdtype(o.dtype, jnp.complexfloating) and not jnp.issubdtype(
+            jnp.result_type(y), jnp.complexfloating
+        ):
+            raise ValueError(
+                f"`field(t, y, args)` returned complex values ({o.dtype}) for a real "
+                f"state ({jnp.result_type(y)}): the state would have to become "
+                "complex. Pass a complex `y0` (e.g. `y0.astype(jnp.complex128)`), or "
+                "return the real part (`jnp.real(...)`) if the imaginary part is "
+                "round-off."
+            )
         if jnp.shape(y) != o.shape:
             raise ValueError(
                 "`field(t, y, args)` must return dy/dt shaped like `y0`: a leaf of "
@@ -147,18 +184,24 @@ def solve(
         if isinstance(tol, (int, float)) and not tol > 0:
             raise ValueError(f"`{name}` must be positive, got {tol!r}.")
 
+    if isinstance(dt0, (int, float)) and not dt0 > 0:
+        raise ValueError(
+            f"`dt0` must be positive (the first step size, forwards in time), got "
+            f"{dt0!r}. Leave it out to have it chosen automatically."
+        )
     # Before the checks below turn it into a traced value inside `jit`: whether
     # `y0` can be differentiated at all, for `Auto`.
     y0_traced = has_tracer(y0)
+    _check_dtypes(y0)
     dtype = _float_dtype(y0)
     y0 = _as_state(y0, dtype)
-    known_times = static_times(t0, ts, dtype)
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(
             f"`ts` must be a 1-D array of save times with at least one entry, got "
             f"shape {ts.shape}."
         )
+    known_times = static_times(t0, ts, dtype)
     if not jnp.issubdtype(ts.dtype, jnp.floating) or ts.dtype != dtype:
         ts = ts.astype(dtype)
     t0 = ts[0] if t0 is None else jnp.asarray(t0, dtype)
@@ -180,19 +223,29 @@ def solve(
         "`t0` must be <= `ts[0]` (the solve starts at `t0` and saves at `ts`). "
         "Pass `t0=ts[0]` or leave it out.",
     )
+    t0 = eqx.error_if(t0, ~jnp.isfinite(t0), "`t0` must be finite.")
     y0 = eqx.error_if(
         y0,
-        jnp.logical_not(
-            jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(y0)]))
-        ),
+        ~all_finite(y0),
         "`y0` contains NaN or inf. Check how the initial state was built.",
     )
+    # Traced settings are checked on their own values, before diffrax reads them
+    # (a Python number was checked above).
+    if not isinstance(rtol, (int, float)):
+        rtol = eqx.error_if(rtol, ~(jnp.asarray(rtol) > 0), "`rtol` must be positive.")
+    if not isinstance(atol, (int, float)):
+        atol = eqx.error_if(atol, ~(jnp.asarray(atol) > 0), "`atol` must be positive.")
+    if dt0 is not None and not isinstance(dt0, (int, float)):
+        dt0 = eqx.error_if(dt0, ~(jnp.asarray(dt0) > 0),
+                           "`dt0` must be positive (the first step size, forwards "
+                           "in time). Leave it out to have it chosen automatically.")
 
-    options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times)
+    options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times,
+                           y0_traced)
     method = sensitivity
     if isinstance(method, Auto):
         method = method.choose(field, y0, ts, args, solver=solver, y0_traced=y0_traced)
-    # Each method raises (when `throw`) inside its own primal computation.
+    # Each method checks its failures where its derivative is computed, too.
     ys, stats, result = method.solve(field, y0, ts, args, options)
     return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method)
 

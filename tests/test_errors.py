@@ -55,11 +55,87 @@ def test_non_finite_y0():
 
 
 def test_forward_step_budget():
-    with pytest.raises(eqx.EquinoxRuntimeError, match="used all of `max_steps`"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="used all of `max_steps`.*steady "
+                       "progress"):
         jaxsens.solve(decay, Y0, TS, 1.0, max_steps=2, sensitivity=jaxsens.Discrete())
     sol = jaxsens.solve(decay, Y0, TS, 1.0, max_steps=2, throw=False,
                         sensitivity=jaxsens.Discrete())
-    assert sol.result == jaxsens.RESULTS.max_steps_reached
+    assert sol.result == jaxsens.RESULTS.step_budget_exhausted
+
+
+def robertson(t, y, args):
+    return jnp.stack([-0.04 * y[0] + 1e4 * y[1] * y[2],
+                      0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2,
+                      3e7 * y[1] ** 2])
+
+
+def _raises(match, *args, **kwargs):
+    kwargs.setdefault("sensitivity", jaxsens.Discrete())
+    with pytest.raises(RUNTIME_ERRORS, match=match):
+        jax.block_until_ready(jaxsens.solve(*args, **kwargs).ys)
+
+
+def test_one_cause_one_message():
+    # The field leaves its domain (sqrt of a state crossing zero).
+    _raises("field returned NaN or inf.*although `y0` and the parameters",
+            lambda t, y, a: -jnp.sqrt(y), jnp.array([1.0]), jnp.linspace(0, 3, 4))
+    # A parameter is NaN.
+    _raises("because a parameter is not finite", decay, Y0, TS, jnp.nan)
+    # Stiff with an explicit solver: the step size collapses; suggest implicit.
+    _raises("step size collapsed.*pass an implicit `solver`", robertson,
+            jnp.array([1.0, 0.0, 0.0]), jnp.array([0.0, 1.0, 100.0]))
+    # Blow-up with an implicit solver: no "use an implicit solver".
+    with pytest.raises(RUNTIME_ERRORS, match="although the solver is implicit") as err:
+        jax.block_until_ready(jaxsens.solve(
+            lambda t, y, a: y**2, jnp.array([1.0]), jnp.linspace(0, 3, 4),
+            solver=dfx.Kvaerno5(), sensitivity=jaxsens.Discrete()).ys)
+    assert "pass an implicit" not in str(err.value)
+
+
+def test_step_size_collapse_in_float32_with_an_implicit_solver():
+    from jaxsens._sensitivity.base import diagnose
+
+    stats = {"num_steps": jnp.array(4096), "num_rejected_steps": jnp.array(2000)}
+    y = jnp.ones(2, jnp.float32)
+    result = diagnose(dfx.RESULTS.max_steps_reached, stats, decay, 1.0, dfx.Kvaerno5(),
+                      0.0, 1.0, jnp.float32(0.5), y)
+    assert result == jaxsens.RESULTS.step_size_collapsed_float32
+    assert "solve in float64" in jaxsens.RESULTS[result]
+    result = diagnose(dfx.RESULTS.max_steps_reached, stats, decay, 1.0, dfx.Kvaerno5(),
+                      0.0, 1.0, 0.5, y.astype(jnp.float64))
+    assert result == jaxsens.RESULTS.step_size_collapsed_implicit
+
+
+def test_input_dtypes_and_settings():
+    with pytest.raises(ValueError, match="half precision.*float32, float64"):
+        jaxsens.solve(decay, Y0.astype(jnp.float16), TS, 1.0)
+    with pytest.raises(ValueError, match="not a number.*float32, float64"):
+        jaxsens.solve(decay, jnp.array([True, False]), TS, 1.0)
+    with pytest.raises(ValueError, match="`dt0` must be positive"):
+        jaxsens.solve(decay, Y0, TS, 1.0, dt0=0.0)
+    with pytest.raises(RUNTIME_ERRORS, match="`dt0` must be positive"):
+        jax.jit(lambda d: jaxsens.solve(decay, Y0, TS, 1.0, dt0=d).ys)(-0.1)
+    with pytest.raises(RUNTIME_ERRORS, match="`rtol` must be positive"):
+        jax.jit(lambda r: jaxsens.solve(decay, Y0, TS, 1.0, rtol=r).ys)(-1.0)
+    with pytest.raises(ValueError, match="returned complex values.*complex `y0`"):
+        jaxsens.solve(lambda t, y, a: 1j * y, Y0, TS)
+    for ts in (jnp.array([]), jnp.array(1.0)):
+        with pytest.raises(ValueError, match="`ts` must be a 1-D array"):
+            jaxsens.solve(decay, Y0, ts, 1.0)
+
+
+@pytest.mark.parametrize("method", [jaxsens.Discrete(), jaxsens.Forward(),
+                                    jaxsens.InterpolatingAdjoint()])
+def test_mixed_precision_leaves_work_as_in_diffrax(method):
+    y0 = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(2)}
+
+    def loss(k):
+        ys = jaxsens.solve(lambda t, y, k: jax.tree.map(lambda x: -k * x, y), y0, TS, k,
+                           sensitivity=method, rtol=1e-10, atol=1e-10).ys
+        return jnp.sum(ys["a"]) + jnp.sum(ys["b"])
+
+    exact = -4 * jnp.sum(TS * jnp.exp(-TS))
+    assert float(jax.grad(loss)(1.0)) == pytest.approx(float(exact), rel=1e-7)
 
 
 @pytest.mark.parametrize(

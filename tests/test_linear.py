@@ -551,7 +551,7 @@ def test_error_runtime():
     )
     with pytest.raises(Exception, match=r"needed more than `max_substeps`"):
         jax.block_until_ready(solve(100.0, True).ys)
-    assert solve(100.0, False).result == jaxsens.RESULTS.max_steps_reached
+    assert solve(100.0, False).result == jaxsens.RESULTS.krylov_substeps_exhausted
 
     def bad_loss(k):
         ys = jaxsens.solve(

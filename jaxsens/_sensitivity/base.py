@@ -13,6 +13,7 @@ back and how `μ` is accumulated.
 """
 
 import abc
+import dataclasses
 from typing import Any
 
 import diffrax as dfx
@@ -23,7 +24,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from .._solution import RESULTS
+from .._solution import RESULTS, as_result, checked
 
 
 class SolveOptions(eqx.Module):
@@ -32,10 +33,12 @@ class SolveOptions(eqx.Module):
     `static_times` is `(t0, ts)` as Python floats when both were known at trace
     time (not traced; at most `STATIC_TIMES_MAX` save times), else `None`: a
     method may then decide things about the grid in Python instead of tracing
-    both branches of a `lax.cond` (`LinearExpm`: uniform or not).
+    both branches of a `lax.cond` (`LinearExpm`: uniform or not). `y0_traced`:
+    whether `y0` was a JAX tracer when `solve` was called (so whether it may be
+    differentiated; `Auto` counts it then).
     """
 
-    t0: Array
+    t0: Array | None
     solver: dfx.AbstractSolver
     rtol: float
     atol: float
@@ -45,6 +48,12 @@ class SolveOptions(eqx.Module):
     static_times: tuple[float, tuple[float, ...]] | None = eqx.field(
         static=True, default=None
     )
+    y0_traced: bool = eqx.field(static=True, default=False)
+
+    def at(self, t0) -> "SolveOptions":
+        """These settings with the start time `t0` (a method's custom rule takes
+        `t0` as a differentiable input and the rest as static settings)."""
+        return dataclasses.replace(self, t0=t0)
 
 
 STATIC_TIMES_MAX = 4096
@@ -101,11 +110,20 @@ def make_controller(solver, rtol, atol, dt0, norm=None):
 def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None,
                   saveat=None, max_steps=None, norm=None):
     """The forward solve every method shares: diffrax, saving at `ts` (`norm`: the
-    step-size controller's error norm, default diffrax's RMS over all of `y0`)."""
+    step-size controller's error norm, default diffrax's RMS over all of `y0`).
+
+    The returned diffrax solution's `result` is a `jaxsens.RESULTS` member that
+    names the cause of a failure (see `diagnose`), not diffrax's code.
+    """
     t0 = options.t0 if t0 is None else t0
-    if saveat is None:
-        saveat = dfx.SaveAt(ts=ts, dense=dense)
-    return dfx.diffeqsolve(
+    diagnosed = saveat is None
+    if diagnosed:
+        # The final state too, reached or not: what `diagnose` looks at.
+        saveat = dfx.SaveAt(
+            subs=[dfx.SubSaveAt(ts=ts), dfx.SubSaveAt(t1=True)], dense=dense
+        )
+    max_steps = options.max_steps if max_steps is None else max_steps
+    sol = dfx.diffeqsolve(
         dfx.ODETerm(field),
         options.solver,
         t0,
@@ -117,39 +135,95 @@ def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None
         stepsize_controller=make_controller(
             options.solver, options.rtol, options.atol, options.dt0, norm
         ),
-        max_steps=options.max_steps if max_steps is None else max_steps,
+        max_steps=max_steps,
         adjoint=adjoint,
         throw=False,
     )
+    if not diagnosed:
+        return eqx.tree_at(lambda s: s.result, sol, as_result(sol.result))
+    (ts_out, t_end), (ys, y_end) = sol.ts, sol.ys
+    y_end = jtu.tree_map(lambda y: y[0], y_end)
+    result = diagnose(sol.result, sol.stats, field, args, options.solver, t0,
+                      ts[-1], t_end[0], y_end)
+    return eqx.tree_at(lambda s: (s.ts, s.ys, s.result), sol, (ts_out, ys, result))
 
 
-def diffrax_flags(result) -> tuple[Array, Array]:
-    """`(succeeded, ran_out_of_steps)` as plain booleans (JAX types)."""
-    return result == dfx.RESULTS.successful, result == dfx.RESULTS.max_steps_reached
+# At least this many steps, a quarter of them rejected: the step size collapsed.
+_COLLAPSE_MIN_STEPS = 64
+_COLLAPSE_REJECTED = 0.25
 
 
-def result_from_flags(ok, steps):
-    return RESULTS.where(
-        ok,
-        RESULTS.successful,
-        RESULTS.where(steps, RESULTS.max_steps_reached, RESULTS.solver_failed),
-    )
+def diagnose(result, stats, field, args, solver, t0, t1, t_end, y_end) -> RESULTS:
+    """diffrax's `result`, with "used all of `max_steps`" refined into its cause.
 
-
-def diffrax_result(result):
-    """Map diffrax's result code to a `jaxsens.RESULTS` member."""
-    return result_from_flags(*diffrax_flags(result))
-
-
-def checked(x, result, throw: bool):
-    """Raise `result`'s message (a `RESULTS` member) if it is not success.
-
-    Called inside each method's primal computation, where `result` is never an
-    autodiff tracer.
+    From the final state `(t_end, y_end)` of the solve and its step counts: a
+    parameter (`args`, the field's arrays) not finite; the field not finite at
+    the final state or one explicit-Euler probe past it (a state leaving the
+    field's domain); the step size collapsed (at least `_COLLAPSE_MIN_STEPS`
+    steps, more than `_COLLAPSE_REJECTED` of them rejected: stiffness with an
+    explicit solver, float32 round-off with an implicit one, or a blow-up);
+    else the budget ran out while progressing.
     """
-    if not throw:
-        return x
-    return result.error_if(x, result != RESULTS.successful)
+    result = as_result(result)
+    y_end = jax.lax.stop_gradient(y_end)
+    t_end = jax.lax.stop_gradient(t_end)
+    f_end = field(t_end, y_end, args)
+    h = 1e-3 * jnp.abs(t1 - t_end) + jnp.finfo(jnp.result_type(t_end)).eps
+    y_probe = jtu.tree_map(lambda y, f: y + (h * f).astype(y.dtype), y_end, f_end)
+    f_probe = field(t_end + h, y_probe, args)
+    field_ok = all_finite((y_end, f_end, f_probe))
+    params_ok = all_finite(eqx.filter((field, args), eqx.is_inexact_array))
+    steps = stats["num_steps"]
+    collapsed = (steps >= _COLLAPSE_MIN_STEPS) & (
+        stats["num_rejected_steps"] > _COLLAPSE_REJECTED * steps
+    )
+    if not isinstance(solver, dfx.AbstractImplicitSolver):
+        stalled = RESULTS.step_size_collapsed_explicit
+    elif jnp.finfo(jnp.result_type(*jtu.tree_leaves(y_end))).bits <= 32:
+        stalled = RESULTS.step_size_collapsed_float32
+    else:
+        stalled = RESULTS.step_size_collapsed_implicit
+    cause = RESULTS.where(
+        ~params_ok,
+        RESULTS.args_nonfinite,
+        RESULTS.where(
+            ~field_ok,
+            RESULTS.field_nonfinite,
+            RESULTS.where(collapsed, stalled, RESULTS.step_budget_exhausted),
+        ),
+    )
+    return RESULTS.where(result == RESULTS.max_steps_reached, cause, result)
+
+
+def diffrax_result(result) -> RESULTS:
+    """A `jaxsens.RESULTS` member for a diffrax result code (or a member already)."""
+    return as_result(result)
+
+
+def as_arrays(tree):
+    """Every leaf as a JAX array (custom rules may receive Python scalars, or
+    array-like wrappers of them, outside `jit`)."""
+    return jtu.tree_map(jnp.asarray, tree)
+
+
+def tree_size(tree) -> int:
+    return sum(int(np.size(x)) for x in jtu.tree_leaves(tree))
+
+
+def all_finite(tree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def max_abs(tree) -> Array:
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jtu.tree_leaves(tree)]))
+
+
+def tree_dot(a, b) -> Array:
+    """`Σ aᵢ bᵢ` over every leaf of two PyTrees shaped alike (real parts)."""
+    terms = [jnp.sum(jnp.real(x * y)) for x, y in
+             zip(jtu.tree_leaves(a), jtu.tree_leaves(b), strict=True)]
+    return sum(terms)
 
 
 def stats_of(sol) -> dict[str, Array]:
@@ -231,7 +305,8 @@ class AbstractAdjoint(AbstractSensitivity):
 
     @abc.abstractmethod
     def backward(self, problem: Problem, residuals: PyTree, ys_bar: PyTree):
-        """Returns `(diff_bar, y0_bar)`: cotangents of the trainable leaves and y0."""
+        """Returns `(diff_bar, y0_bar, result)`: cotangents of the trainable leaves
+        and of y0 (exactly λ(t0)), and the backward pass's `RESULTS` member."""
 
     def backward_settings(self, problem: Problem):
         """The backward solve's solver, tolerances and step budget."""
@@ -247,48 +322,71 @@ class AbstractAdjoint(AbstractSensitivity):
 
     def solve(self, field, y0, ts, args, options):
         problem = as_problem(field, y0, ts, args, options)
-        ys, stats, result = _adjoint_solve(
-            (problem.diff, y0), problem.static, ts, self, options
+        return _adjoint_solve(
+            (problem.diff, y0, ts, options.t0), problem.static, self, options.at(None)
         )
-        return ys, stats, result
 
 
-def _as_arrays(tree):
-    # Outside `jit`, equinox may hand Python-scalar leaves to the rule as
-    # array-like wrappers; the closure-converted field wants real arrays.
-    return jtu.tree_map(jnp.asarray, tree)
+def time_cotangents(problem: Problem, ys, ys_bar, y0_bar, perturbed_ts, perturbed_t0):
+    """`(t̄s, t̄0)`: `t̄_k = f(t_k, y_k)ᵀ ȳ_k` for the save times and
+    `t̄0 = −λ(t0)ᵀ f(t0, y0)` for the start time (`λ(t0) = y0_bar`); zeros for an
+    input that is not perturbed (nothing is evaluated for it)."""
+    ts, t0 = problem.ts, problem.options.t0
+    if perturbed_ts:
+        def one(t, y, c):
+            return tree_dot(problem.f(t, y), c)
+
+        ts_bar = jax.vmap(one)(ts, ys, ys_bar).astype(ts.dtype)
+    else:
+        ts_bar = jnp.zeros_like(ts)
+    if perturbed_t0:
+        t0_bar = -tree_dot(problem.f(t0, problem.y0), y0_bar).astype(t0.dtype)
+    else:
+        t0_bar = jnp.zeros_like(t0)
+    return ts_bar, t0_bar
+
+
+def _forward(vjp_arg, static, adjoint, options):
+    diff, y0, ts, t0 = as_arrays(vjp_arg)
+    problem = Problem(diff, static, y0, ts, options.at(t0))
+    ys, stats, result, residuals = adjoint.forward(problem)
+    result = as_result(result)
+    if options.throw:
+        ys = checked(ys, result, True)
+    return (ys, stats, result), (result, ys, residuals)
 
 
 @eqx.filter_custom_vjp
-def _adjoint_solve(vjp_arg, static, ts, adjoint, options):
-    diff, y0 = _as_arrays(vjp_arg)
-    ys, stats, result, _ = adjoint.forward(Problem(diff, static, y0, ts, options))
-    return checked(ys, result, options.throw), stats, result
+def _adjoint_solve(vjp_arg, static, adjoint, options):
+    return _forward(vjp_arg, static, adjoint, options)[0]
 
 
 @_adjoint_solve.def_fwd
-def _adjoint_solve_fwd(perturbed, vjp_arg, static, ts, adjoint, options):
+def _adjoint_solve_fwd(perturbed, vjp_arg, static, adjoint, options):
     del perturbed
-    diff, y0 = _as_arrays(vjp_arg)
-    ys, stats, result, residuals = adjoint.forward(
-        Problem(diff, static, y0, ts, options)
-    )
-    return (checked(ys, result, options.throw), stats, result), residuals
+    return _forward(vjp_arg, static, adjoint, options)
 
 
 @_adjoint_solve.def_bwd
-def _adjoint_solve_bwd(residuals, grad_obj, perturbed, vjp_arg, static, ts, adjoint,
+def _adjoint_solve_bwd(residuals, grad_obj, perturbed, vjp_arg, static, adjoint,
                        options):
-    diff, y0 = _as_arrays(vjp_arg)
+    forward_result, ys, residuals = residuals
+    diff, y0, ts, t0 = as_arrays(vjp_arg)
+    p_diff, _, p_ts, p_t0 = perturbed
     # Only perturbed leaves get a parameter adjoint: the others (e.g. a control's
     # samples when training the field's weights) join the static part, so μ and
     # the vjps carry nothing for them.
-    diff_perturbed, diff_fixed = eqx.partition(diff, perturbed[0])
-    problem = Problem(diff_perturbed, eqx.combine(diff_fixed, static), y0, ts, options)
-    ys_bar = grad_obj[0]
-    ys_like = jtu.tree_map(
-        lambda y: jnp.zeros((ts.shape[0],) + jnp.shape(y), jnp.result_type(y)), y0
+    diff_perturbed, diff_fixed = eqx.partition(diff, p_diff)
+    problem = Problem(diff_perturbed, eqx.combine(diff_fixed, static), y0, ts,
+                      options.at(t0))
+    ys_bar = zeros_like_ct(grad_obj[0], ys)
+    diff_bar, y0_bar, result = adjoint.backward(problem, residuals, ys_bar)
+    ts_bar, t0_bar = time_cotangents(problem, ys, ys_bar, y0_bar,
+                                     any(jtu.tree_leaves(p_ts)),
+                                     any(jtu.tree_leaves(p_t0)))
+    # The forward pass's failure first: a backward pass from a failed solve is
+    # meaningless. Checked on every cotangent: XLA keeps the check if any is used.
+    result = RESULTS.where(
+        forward_result != RESULTS.successful, forward_result, as_result(result)
     )
-    ys_bar = zeros_like_ct(ys_bar, ys_like)
-    diff_bar, y0_bar = adjoint.backward(problem, residuals, ys_bar)
-    return diff_bar, y0_bar
+    return checked((diff_bar, y0_bar, ts_bar, t0_bar), result, options.throw)

@@ -3,13 +3,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from .base import (
-    AbstractSensitivity,
-    checked,
-    diffrax_result,
-    diffrax_solve,
-    stats_of,
-)
+from .._solution import checked, guarded
+from .base import AbstractSensitivity, as_problem, diffrax_solve, stats_of
 
 
 # Store every step when the stored states, `max_steps` of them, take at most this
@@ -116,8 +111,13 @@ class Discrete(AbstractSensitivity):
             if checkpoints is None:
                 checkpoints = default_checkpoints(y0, options.max_steps)
             adjoint = dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
-        sol = diffrax_solve(field, y0, ts, args, options, adjoint=adjoint)
-        result = diffrax_result(sol.result)
-        return checked(sol.ys, result, options.throw), stats_of(sol), result
+        problem = as_problem(field, y0, ts, args, options)
+        sol = diffrax_solve(problem.field, y0, ts, problem.args, options,
+                            adjoint=adjoint)
+        inputs = (problem.diff, y0, ts, options.t0)
+        ys = guarded(sol.ys, sol.result, options.throw, inputs)
+        if options.throw:
+            ys = checked(ys, sol.result, True)
+        return ys, stats_of(sol), sol.result
 
 

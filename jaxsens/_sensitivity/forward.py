@@ -6,14 +6,13 @@ import jax.tree_util as jtu
 from jax.flatten_util import ravel_pytree
 
 from ._loop import rms_norm
+from .._solution import checked
 from .base import (
     AbstractSensitivity,
     Problem,
+    as_arrays,
     as_problem,
-    checked,
-    diffrax_flags,
     diffrax_solve,
-    result_from_flags,
     stats_of,
 )
 
@@ -61,45 +60,54 @@ class Forward(AbstractSensitivity):
 
     def solve(self, field, y0, ts, args, options):
         problem = as_problem(field, y0, ts, args, options)
-        ys, stats, flags = _forward_solve(
-            (problem.diff, y0), static=problem.static, ts=ts, options=options
+        return _forward_solve(
+            (problem.diff, y0, ts, options.t0), static=problem.static,
+            options=options.at(None),
         )
-        return ys, stats, result_from_flags(*flags)
 
 
-def _raw(diff, y0, static, ts, options):
-    problem = Problem(diff, static, y0, ts, options)
+def _raw(diff, y0, ts, t0, static, options):
+    problem = Problem(diff, static, y0, ts, options.at(t0))
     sol = diffrax_solve(
-        problem.field, y0, ts, problem.args, options, adjoint=dfx.ForwardMode()
+        problem.field, y0, ts, problem.args, problem.options, adjoint=dfx.ForwardMode()
     )
-    flags = diffrax_flags(sol.result)
-    ys = checked(sol.ys, result_from_flags(*flags), options.throw)
-    return ys, stats_of(sol), flags
+    ys = checked(sol.ys, sol.result, True) if options.throw else sol.ys
+    return ys, stats_of(sol), sol.result
 
 
 @eqx.filter_custom_jvp
-def _forward_solve(inputs, *, static, ts, options):
-    diff, y0 = jtu.tree_map(jnp.asarray, inputs)
-    return _raw(diff, y0, static, ts, options)
+def _forward_solve(inputs, *, static, options):
+    diff, y0, ts, t0 = as_arrays(inputs)
+    return _raw(diff, y0, ts, t0, static, options)
 
 
 @_forward_solve.def_jvp
-def _forward_solve_jvp(primals, tangents, *, static, ts, options):
+def _forward_solve_jvp(primals, tangents, *, static, options):
     (inputs,) = primals
     (t_inputs,) = tangents
     # Outside `jit`, Python-scalar leaves may arrive as array-like wrappers.
-    inputs = jtu.tree_map(jnp.asarray, inputs)
+    diff, y0, ts, t0 = as_arrays(inputs)
+    t_diff, t_y0, t_ts, t_t0 = t_inputs
+    problem = Problem(diff, static, y0, ts, options.at(t0))
+    # Moving the start time by δ moves every y(t_k) as moving y0 by −f(t0, y0) δ.
+    if t_t0 is not None:
+        f0 = problem.f(t0, y0)
+        if t_y0 is None:
+            t_y0 = jtu.tree_map(jnp.zeros_like, y0)
+        t_y0 = jtu.tree_map(lambda t, f: t - (f * t_t0).astype(t.dtype), t_y0, f0)
     # Only the perturbed leaves get tangent directions: under `grad` w.r.t. the
     # field's weights, `args` (e.g. a control's samples) and `y0` cost nothing.
     is_none = lambda t: t is None  # noqa: E731
-    perturbed = jtu.tree_map(lambda t: t is not None, t_inputs, is_leaf=is_none)
-    varying, fixed = eqx.partition(inputs, perturbed)
-    t_varying = eqx.filter(t_inputs, perturbed, is_leaf=is_none)
+    core, t_core = (diff, y0), (t_diff, t_y0)
+    perturbed = jtu.tree_map(lambda t: t is not None, t_core, is_leaf=is_none)
+    varying, fixed = eqx.partition(core, perturbed)
+    t_varying = eqx.filter(t_core, perturbed, is_leaf=is_none)
     flat, unravel = ravel_pytree(varying)
+    opts = options.at(t0)
 
     def ys_of(x):
         diff, y0 = eqx.combine(unravel(x), fixed)
-        out = _raw(diff, y0, static, ts, options)
+        out = _raw(diff, y0, ts, t0, static, options)
         return out[0], out
 
     # The sensitivity matrix `S = ∂ys/∂(perturbed inputs)`, solved together with
@@ -112,15 +120,24 @@ def _forward_solve_jvp(primals, tangents, *, static, ts, options):
     if flat.shape[0] > 0 and not isinstance(
         options.solver, dfx.AbstractImplicitSolver
     ):
-        sens, (ys, stats, flags) = _sensitivity_solve(
-            flat, unravel, fixed, static, ts, options
+        sens, (ys, stats, result) = _sensitivity_solve(
+            flat, unravel, fixed, static, ts, opts
         )
     else:
-        sens, (ys, stats, flags) = jax.jacfwd(ys_of, has_aux=True)(flat)
+        sens, (ys, stats, result) = jax.jacfwd(ys_of, has_aux=True)(flat)
+    # The check sits on `S`, which every derivative is computed from (the primal
+    # `ys` is dropped by XLA when only a gradient is used).
+    sens = checked(sens, result, options.throw)
     t_flat, _ = ravel_pytree(t_varying)
     t_ys = jtu.tree_map(lambda s: s @ t_flat.astype(s.dtype), sens)
-    no_tangent = jtu.tree_map(lambda _: None, (stats, flags))
-    return (ys, stats, flags), (t_ys, *no_tangent)
+    # A save time moved by δ moves its output by f(t_k, y_k) δ.
+    if t_ts is not None:
+        fs = jax.vmap(problem.f)(ts, ys)
+        t_ys = jtu.tree_map(
+            lambda t, f: t + f * t_ts.reshape((-1,) + (1,) * (f.ndim - 1)).astype(
+                f.dtype), t_ys, fs)
+    no_tangent = jtu.tree_map(lambda _: None, (stats, result))
+    return (ys, stats, result), (t_ys, *no_tangent)
 
 
 # Up to this many Jacobian rows (or columns) per stage are formed one product at a
@@ -196,9 +213,10 @@ def _sensitivity_solve(x, unravel, fixed, static, ts, options):
     # element of y), so the steps are the primal's.
     sol = diffrax_solve(augmented, (y0_flat, s0), ts, x, options,
                         adjoint=dfx.ForwardMode(), norm=lambda err: rms_norm(err[0]))
-    flags = diffrax_flags(sol.result)
     y_flats, ss = sol.ys
-    ys = checked(jax.vmap(unravel_y)(y_flats), result_from_flags(*flags), options.throw)
+    ys = jax.vmap(unravel_y)(y_flats)
+    if options.throw:
+        ys = checked(ys, sol.result, True)
     # `S` per save time, `n × P` → each leaf of y with a trailing `P` axis.
     sens = jax.vmap(jax.vmap(unravel_y, in_axes=1, out_axes=-1))(ss)
-    return sens, (ys, stats_of(sol), flags)
+    return sens, (ys, stats_of(sol), sol.result)

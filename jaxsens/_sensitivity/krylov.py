@@ -42,8 +42,8 @@ from jax.scipy.linalg import expm
 from jaxtyping import Array
 
 from .._linear_field import linear_parts
-from .._solution import RESULTS
-from .base import AbstractSensitivity
+from .._solution import RESULTS, checked
+from .base import AbstractSensitivity, all_finite, as_arrays
 
 
 _GAMMA = 0.9  # Expokit's safety factor
@@ -380,7 +380,7 @@ class KrylovExpm(AbstractSensitivity):
         z0 = y0 if b is None else jnp.concatenate([y0, jnp.ones((1,), y0.dtype)])
         t0 = jnp.asarray(options.t0, dtype)
         zs, stats, result = _krylov_solve(
-            (diff, z0), static, ts.astype(dtype), t0, cfg, options.throw
+            (diff, z0, ts.astype(dtype), t0), static, cfg, options.throw
         )
         ys = zs if b is None else zs[:, :-1]
         return ys, stats, result
@@ -389,16 +389,13 @@ class KrylovExpm(AbstractSensitivity):
 def _primal(diff, static, z0, ts, t0, cfg, throw):
     mv = eqx.combine(diff, static).mv
     zs, counts, rejects, ok, tau_first = _forward(mv, z0, t0, ts, cfg)
-    result = RESULTS.where(ok, RESULTS.successful, RESULTS.max_steps_reached)
+    result = RESULTS.where(
+        ok,
+        RESULTS.where(all_finite(zs), RESULTS.successful, RESULTS.linear_nonfinite),
+        RESULTS.krylov_substeps_exhausted,
+    )
     if throw:
-        zs = eqx.error_if(
-            zs,
-            ~ok,
-            "`KrylovExpm`: a save interval needed more than `max_substeps` Krylov "
-            "substeps (or the step-size control failed). Increase "
-            "`KrylovExpm(max_substeps=...)` or `krylov_dim`, add save times, or "
-            "loosen `tol`.",
-        )
+        zs = checked(zs, result, True)
     total = jnp.sum(counts)
     stats = {
         "num_steps": total + jnp.sum(rejects),
@@ -409,37 +406,48 @@ def _primal(diff, static, z0, ts, t0, cfg, throw):
 
 
 @eqx.filter_custom_vjp
-def _krylov_solve(vjp_arg, static, ts, t0, cfg, throw):
-    diff, z0 = vjp_arg
+def _krylov_solve(vjp_arg, static, cfg, throw):
+    diff, z0, ts, t0 = as_arrays(vjp_arg)
     return _primal(diff, static, z0, ts, t0, cfg, throw)[0]
 
 
 @_krylov_solve.def_fwd
-def _krylov_solve_fwd(perturbed, vjp_arg, static, ts, t0, cfg, throw):
+def _krylov_solve_fwd(perturbed, vjp_arg, static, cfg, throw):
     del perturbed
-    diff, z0 = vjp_arg
+    diff, z0, ts, t0 = as_arrays(vjp_arg)
     out, tau_first = _primal(diff, static, z0, ts, t0, cfg, throw)
-    return out, (out[0], tau_first)
+    return out, (out[0], out[2], tau_first)
 
 
 @_krylov_solve.def_bwd
-def _krylov_solve_bwd(
-    residuals, grad_obj, perturbed, vjp_arg, static, ts, t0, cfg, throw
-):
-    del perturbed, throw
-    diff, z0 = vjp_arg
-    zs, tau_first = residuals
+def _krylov_solve_bwd(residuals, grad_obj, perturbed, vjp_arg, static, cfg, throw):
+    _, _, p_ts, p_t0 = perturbed
+    diff, z0, ts, t0 = as_arrays(vjp_arg)
+    zs, forward_result, tau_first = residuals
     zs_bar = grad_obj[0]
     if zs_bar is None:
         zs_bar = jnp.zeros_like(zs)
-    diff_bar, z0_bar = krylov_backward(
+    diff_bar, z0_bar, ok = krylov_backward(
         diff, static, z0, zs, zs_bar, tau_first, ts, t0, cfg
     )
-    return diff_bar, z0_bar
+    # `t̄_k = (A z_k)ᵀ z̄_k` and `t̄0 = −λ(t0)ᵀ A z0`, with `λ(t0) = z̄0`.
+    mv = eqx.combine(diff, static).mv
+    ts_bar = (jnp.sum(jax.vmap(mv)(zs) * zs_bar, axis=1) if p_ts
+              else jnp.zeros_like(ts))
+    t0_bar = -jnp.dot(mv(z0), z0_bar) if p_t0 else jnp.zeros_like(t0)
+    result = RESULTS.where(
+        forward_result != RESULTS.successful,
+        forward_result,
+        RESULTS.where(ok, RESULTS.successful, RESULTS.krylov_backward_failed),
+    )
+    # Checked on every output: any of them may be dead code in the caller's gradient.
+    return checked((diff_bar, z0_bar, ts_bar.astype(ts.dtype),
+                    t0_bar.astype(t0.dtype)), result, throw)
 
 
 def krylov_backward(diff, static, z0, zs, zs_bar, tau_first, ts, t0, cfg):
-    """`(∂L/∂diff, ∂L/∂z0)` given the cotangents `zs_bar` of the saved states."""
+    """`(∂L/∂diff, ∂L/∂z0, ok)` given the cotangents `zs_bar` of the saved states
+    (`ok`: the backward Krylov stepping passed its error control)."""
     m = cfg.m
 
     def mv_of(d):
@@ -540,12 +548,4 @@ def krylov_backward(diff, static, z0, zs, zs_bar, tau_first, ts, t0, cfg):
     (lam, gbar, _, ok), _ = lax.scan(
         interval, init, jnp.arange(ts.shape[0] - 1, -1, -1)
     )
-    # Checked on both outputs: either may be dead code in the caller's gradient.
-    gbar, lam = eqx.error_if(
-        (gbar, lam),
-        ~ok,
-        "`KrylovExpm`: the backward (adjoint) Krylov stepping failed its error "
-        "control, or the cotangent of `ys` is not finite (check the loss for "
-        "NaN/inf). Otherwise increase `krylov_dim` or loosen `tol`.",
-    )
-    return gbar, lam
+    return gbar, lam, ok

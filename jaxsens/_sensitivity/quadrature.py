@@ -192,4 +192,4 @@ class QuadratureAdjoint(AbstractAdjoint):
             (s < jumps.s_end) & (result == RESULTS.successful),
             RESULTS.backward_max_steps_reached, result,
         )
-        return check((mu, lam), result, problem.options.throw)
+        return mu, lam, result
