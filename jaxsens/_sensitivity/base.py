@@ -216,8 +216,10 @@ def zeros_like_ct(ct, like):
 class AbstractAdjoint(AbstractSensitivity):
     """A continuous adjoint: the contract in this module's docstring.
 
-    Subclasses declare the backward solver settings and implement `forward`
-    (returning residuals for the backward pass) and `backward`.
+    A subclass declares its backward solver settings and `strategies`: how `y(t)`
+    is had on the way back and how `∂L/∂θ` is accumulated (`_backward.py`). The
+    forward solve is the y recovery's; the backward pass is one `BackwardPass` of
+    the two.
     """
 
     solver: eqx.AbstractVar[dfx.AbstractSolver | None]
@@ -226,14 +228,28 @@ class AbstractAdjoint(AbstractSensitivity):
     max_steps: eqx.AbstractVar[int | None]
 
     @abc.abstractmethod
-    def forward(self, problem: Problem) -> tuple[PyTree, dict, Array, PyTree]:
+    def strategies(self, problem: "Problem"):
+        """`(recovery, integral, seminorm)`: an `AbstractRecovery`, an
+        `AbstractIntegral`, and whether the error norm leaves `μ` out."""
+
+    def forward(self, problem: "Problem") -> tuple[PyTree, dict, Array, PyTree]:
         """Returns `(ys, stats, result, residuals)`."""
+        recovery, _, _ = self.strategies(problem)
+        return recovery.forward(problem)
 
-    @abc.abstractmethod
-    def backward(self, problem: Problem, residuals: PyTree, ys_bar: PyTree):
-        """Returns `(diff_bar, y0_bar)`: cotangents of the trainable leaves and y0."""
+    def backward(self, problem: "Problem", residuals: PyTree, ys_bar: PyTree):
+        """Returns `(diff_bar, y0_bar, result)`: cotangents of the trainable leaves
+        and of `y0` (exactly `λ(t0)`), and the backward pass's `RESULTS` member,
+        not checked here."""
+        from ._backward import BackwardPass
 
-    def backward_settings(self, problem: Problem):
+        recovery, integral, seminorm = self.strategies(problem)
+        solver, rtol, atol, max_steps = self.backward_settings(problem)
+        bp = BackwardPass(problem, ys_bar, recovery, integral, solver, rtol, atol,
+                          max_steps, seminorm)
+        return bp.run(residuals)
+
+    def backward_settings(self, problem: "Problem"):
         """The backward solve's solver, tolerances and step budget."""
         opts = problem.options
         solver = opts.solver if self.solver is None else self.solver
@@ -290,5 +306,6 @@ def _adjoint_solve_bwd(residuals, grad_obj, perturbed, vjp_arg, static, ts, adjo
         lambda y: jnp.zeros((ts.shape[0],) + jnp.shape(y), jnp.result_type(y)), y0
     )
     ys_bar = zeros_like_ct(ys_bar, ys_like)
-    diff_bar, y0_bar = adjoint.backward(problem, residuals, ys_bar)
-    return diff_bar, y0_bar
+    diff_bar, y0_bar, result = adjoint.backward(problem, residuals, ys_bar)
+    # Attached to both outputs: JAX drops an unused output (and a check on it).
+    return checked((diff_bar, y0_bar), result, options.throw)
