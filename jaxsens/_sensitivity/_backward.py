@@ -211,7 +211,7 @@ def backward_stats(fn: Callable, *args) -> dict[str, int]:
     ```
     """
     with _recording() as records:
-        jax.block_until_ready(jax.jit(lambda *a: fn(*a))(*args))
+        jax.block_until_ready(eqx.filter_jit(lambda *a: fn(*a))(*args))
         jax.effects_barrier()
     out = dict.fromkeys(
         ("steps", "accepted", "vjps_y", "vjps_params", "nodes", "resolve_steps"), 0)

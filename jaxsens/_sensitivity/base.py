@@ -245,6 +245,7 @@ class AbstractAdjoint(AbstractSensitivity):
 
         recovery, integral, seminorm = self.strategies(problem)
         solver, rtol, atol, max_steps = self.backward_settings(problem)
+        _check_implicit_precision(type(self).__name__, solver, rtol, problem.y0)
         bp = BackwardPass(problem, ys_bar, recovery, integral, solver, rtol, atol,
                           max_steps, seminorm)
         return bp.run(residuals)
@@ -267,6 +268,36 @@ class AbstractAdjoint(AbstractSensitivity):
             (problem.diff, y0), problem.static, ts, self, options
         )
         return ys, stats, result
+
+
+# Below this backward `rtol`, a float32 implicit backward solve of a stiff
+# problem cannot converge: the roundoff of `f_yᵀλ` (large terms that cancel)
+# exceeds the tolerance its Newton iterations must meet.
+IMPLICIT_FLOAT32_RTOL = 1e-3
+
+
+def _check_implicit_precision(name, solver, rtol, y0):
+    if not isinstance(solver, dfx.AbstractImplicitSolver):
+        return
+    leaves = jtu.tree_leaves(y0)
+    if not leaves or max(jnp.finfo(jnp.result_type(x)).bits for x in leaves) > 32:
+        return
+    try:
+        rtol = float(rtol)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return
+    if rtol < IMPLICIT_FLOAT32_RTOL:
+        raise ValueError(
+            f"`{name}` with the implicit backward solver "
+            f"`{type(solver).__name__}` in float32 at rtol={rtol:g}: the adjoint's "
+            "Newton iterations cannot meet that tolerance in float32 on a stiff "
+            "problem (the roundoff of `f_yᵀλ` exceeds it), so the backward solve "
+            "would exhaust its step budget. Use float64 "
+            "(`jax.config.update('jax_enable_x64', True)` and a float64 `y0`), "
+            f"or `{name}(rtol={IMPLICIT_FLOAT32_RTOL:g}, "
+            f"atol={IMPLICIT_FLOAT32_RTOL:g})` for a looser backward solve, or "
+            "`jaxsens.Discrete()`."
+        )
 
 
 def _as_arrays(tree):
