@@ -1,8 +1,9 @@
-"""The backward pass of every continuous adjoint: ONE adaptive loop over the span.
+"""The adaptive loop under every continuous adjoint's backward pass (see
+`_backward.py` for the pass itself): ONE loop over the span.
 
 The loop runs in reversed time `s = -t`, drives a diffrax solver's `step` and a
-diffrax step-size controller directly, stops exactly at every save time to add that
-time's cotangent jump, and (optionally) hands each accepted step to a callback that
+diffrax step-size controller directly, stops exactly at every jump time to apply that
+time's jump, and (optionally) hands each accepted step to a callback that
 accumulates a quadrature. One loop instead of one `diffeqsolve` per save interval is
 the difference between ~85 ms and ~1.3 s on the 100-control neural ODE
 (DESIGN.md, "Performance traps").
@@ -42,17 +43,6 @@ def seminorm(select: Callable[[PyTree], PyTree]) -> Callable[[PyTree], Array]:
     return norm
 
 
-class LoopOutput(eqx.Module):
-    s: Array
-    z: PyTree
-    extra: PyTree
-    jump_index: Array
-    num_steps: Array
-    num_accepted: Array
-    result: Array
-    dt: Array
-
-
 class FlatState:
     """A PyTree state as ONE flat vector, for the backward loop.
 
@@ -83,66 +73,121 @@ class FlatState:
         return self._unravel(flat) if self.active else flat
 
 
+class Stops(eqx.Module):
+    """Where the backward loop lands exactly, ascending in reversed time `s`.
+
+    - `jumps`: the save times (λ jumps by their cotangent; later also event
+        times and `jump_ts`), padded with one `+inf`.
+    - `plain`: stops with nothing applied, e.g. the forward solve's step times
+        (those `≤ s0` are skipped), padded with one `+inf`.
+    """
+
+    jumps: Array
+    plain: Array
+    num_jumps: int = eqx.field(static=True)
+
+    @classmethod
+    def of(cls, jump_times: Array, plain: Array | None = None) -> "Stops":
+        dtype = jump_times.dtype
+        inf = jnp.array([jnp.inf], dtype)
+        plain = inf if plain is None else jnp.concatenate([plain.astype(dtype), inf])
+        return cls(jnp.concatenate([jump_times, inf]), plain, jump_times.shape[0])
+
+
+class LoopState(eqx.Module):
+    """The carry of `backward_loop`'s `lax.while_loop`."""
+
+    s: Array  # current (reversed) time
+    s_next: Array  # the controller's proposal for the next step's end
+    z: Array  # the flat ODE state
+    solver_state: PyTree
+    controller_state: PyTree
+    jump: Array  # index of the next jump time
+    stop: Array  # number of plain stops passed
+    made_jump: Array  # the solver's FSAL value is stale
+    carry: PyTree  # what `on_step`/`jump` accumulate
+    num_steps: Array
+    num_accepted: Array
+    result: Array
+
+
+class LoopOutput(eqx.Module):
+    s: Array
+    z: PyTree
+    carry: PyTree
+    jump_index: Array
+    num_steps: Array
+    num_accepted: Array
+    result: Array
+    dt: Array
+
+
+class LoopField(eqx.Module):
+    """What `backward_loop` integrates, as callbacks (a module so a pass can say
+    them once): `vf(s, z, aux)`, `jump(z, carry, j)`,
+    `on_step(carry, s_a, s_b, z_a, z_b, dense, aux, keep)` (optional), `piece(s_a,
+    s_b, k)` → `aux` (optional), `room(carry)` → whether another step fits
+    (optional)."""
+
+    vf: Callable
+    jump: Callable = lambda z, carry, j: (z, carry)
+    on_step: Callable | None = None
+    piece: Callable | None = None
+    room: Callable | None = None
+
+
 def _where(pred, a, b):
     return jtu.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
 def backward_loop(
-    *,
-    vf: Callable,
+    field: LoopField,
     z0: PyTree,
     s0: Array,
     s_end: Array,
-    jump_times: Array,
-    num_jumps: int,
-    jump_index: Array,
-    jump_fn: Callable,
+    stops: Stops,
+    *,
     solver: dfx.AbstractSolver,
     rtol: float,
     atol: float,
     norm: Callable,
     max_steps: int | Array,
     dt0: Array | None = None,
-    on_step: Callable | None = None,
-    extra0: PyTree = None,
-    stop_times: Array | None = None,
-    piece_of: Callable | None = None,
+    carry0: PyTree = None,
+    jump_index: Array | int = 0,
     dt_start: Array | None = None,
 ) -> LoopOutput:
-    """Integrate `dz/ds = vf(s, z, aux)` from `s0` to `s_end` (`s0 < s_end`).
+    """Integrate `dz/ds = field.vf(s, z, aux)` from `s0` to `s_end` (`s0 ≤ s_end`;
+    equal: nothing is done).
 
-    Steps are clipped to land exactly on each `jump_times[j]` (ascending, in `s`),
-    for `j` from `jump_index` up to `num_jumps - 1`; on arrival
-    `(z, extra) = jump_fn(z, extra, j)`. After every step, accepted or not,
-    `extra = on_step(extra, s_a, s_b, z_a, z_b, dense_info, aux, keep)`; it must
-    itself discard a step with `keep` false (e.g. write a store's next slot but
-    advance its counter only if `keep`), so that a large store is not selected
-    whole at every step. Steps are also
-    clipped (with nothing applied) at `stop_times` (ascending in `s`; those
-    `≤ s0` are skipped), e.g. the forward solve's step times. `aux =
-    piece_of(s_a, s_b, k)` (None without `piece_of`; `k` is the number of
-    `stop_times` passed, `stop_times[k - 1] ≤ s_a < stop_times[k]`) is computed once per step and
-    handed to `vf(s, z, aux)` and `on_step`. `dt_start`, where finite, is the
-    first step's size instead of the controller's initial choice (to continue a
-    pass from another loop's `LoopOutput.dt`).
+    Steps are clipped to land exactly on each of `stops.jumps[j]` for `j` from
+    `jump_index` on; on arrival `(z, carry) = field.jump(z, carry, j)`. After every
+    step, accepted or not, `carry = field.on_step(carry, s_a, s_b, z_a, z_b,
+    dense_info, aux, keep)`; it must itself discard a step with `keep` false (e.g.
+    write a store's next slot but advance its counter only if `keep`), so that a
+    large store is not selected whole at every step. Steps are also clipped (with
+    nothing applied) at `stops.plain`. `aux = field.piece(s_a, s_b, k)` (`k` the
+    number of plain stops passed) is computed once per step and handed to `vf` and
+    `on_step`. The loop also ends (successfully) when `field.room(carry)` is false,
+    so that a caller can empty a store and go on from `LoopOutput.s`. `dt_start`,
+    where finite, is the first step's size (to continue from another loop's
+    `LoopOutput.dt`).
 
-    The solver steps `FlatState(z0)`'s flat vector; `vf`, `jump_fn`, `norm`,
-    `on_step` and the output see `z` as a PyTree like `z0`, except `dense_info`,
-    which is the flat state's (`FlatState(z0).unravel` a value of its interpolant).
+    The solver steps `FlatState(z0)`'s flat vector; the callbacks and the output
+    see `z` as a PyTree like `z0`, except `dense_info`, which is the flat state's.
     """
     dtype = jnp.result_type(s0)
-    padded = jnp.concatenate([jump_times, jnp.array([jnp.inf], dtype)])
-    if stop_times is None:
-        stops = jnp.array([jnp.inf], dtype)
-    else:
-        stops = jnp.concatenate([stop_times.astype(dtype), jnp.array([jnp.inf], dtype)])
-    k0 = jnp.searchsorted(stops, s0, side="right").astype(jnp.int32)
+    jumps, plain = stops.jumps, stops.plain
+    num_jumps = stops.num_jumps
+    k0 = jnp.searchsorted(plain, s0, side="right").astype(jnp.int32)
     flat = FlatState(z0)
     z0 = flat.ravel(z0)
     user_norm = norm
     norm = lambda z: user_norm(flat.unravel(z))  # noqa: E731
+    vf = field.vf
     term = dfx.ODETerm(lambda s, z, aux: flat.ravel(vf(s, flat.unravel(z), aux)))
-    aux_of = piece_of if piece_of is not None else (lambda s_a, s_b, k: None)
+    aux_of = field.piece if field.piece is not None else (lambda s_a, s_b, k: None)
+    room = field.room if field.room is not None else (lambda carry: True)
     solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
     error_order = solver.error_order(term)
     s1_guess, cstate = controller.init(
@@ -153,91 +198,85 @@ def backward_loop(
     s1_guess = jnp.minimum(s1_guess, s_end)
     sstate = solver.init(term, s0, s1_guess, z0, aux_of(s0, s0, k0))
 
-    def cond(c):
-        s, *_, nsteps, _, result = c
-        return (s < s_end) & (nsteps < max_steps) & (result == RESULTS.successful)
+    def cond(st: LoopState):
+        return ((st.s < s_end) & (st.num_steps < max_steps)
+                & (st.result == RESULTS.successful) & room(st.carry))
 
-    def body(c):
-        s, s_prop, z, sstate, cstate, j, k, made_jump, extra, nsteps, nacc, result = c
-        next_stop = jnp.minimum(jnp.minimum(padded[j], stops[k]), s_end)
-        s1 = jnp.minimum(s_prop, next_stop)
+    def body(st: LoopState) -> LoopState:
+        s, j, k = st.s, st.jump, st.stop
+        next_stop = jnp.minimum(jnp.minimum(jumps[j], plain[k]), s_end)
+        s1 = jnp.minimum(st.s_next, next_stop)
         aux = aux_of(s, s1, k)
         z1, zerr, dense, sstate1, sres = solver.step(
-            term, s, s1, z, aux, sstate, made_jump
+            term, s, s1, st.z, aux, st.solver_state, st.made_jump
         )
         # Step sizes are not differentiated (as in diffrax): stopping gradients here
         # also keeps the controller's internal custom_vjp out of forward-over-adjoint
         # (Hessian-vector product) traces.
         sg = lax.stop_gradient
         keep, next_s0, next_s1, _, cstate1, _ = controller.adapt_step_size(
-            sg(s), sg(s1), sg(z), sg(z1), None, sg(zerr), error_order, sg(cstate)
+            sg(s), sg(s1), sg(st.z), sg(z1), None, sg(zerr), error_order,
+            sg(st.controller_state),
         )
         ok = sres == dfx.RESULTS.successful
         keep = keep & ok
-        if on_step is not None:
-            extra = on_step(
-                extra, s, s1, flat.unravel(z), flat.unravel(z1), dense, aux, keep
+        carry = st.carry
+        if field.on_step is not None:
+            carry = field.on_step(
+                carry, s, s1, flat.unravel(st.z), flat.unravel(z1), dense, aux, keep
             )
-        z_new = _where(keep, z1, z)
-        hit = keep & (s1 == padded[j]) & (j < num_jumps)
-        z_jump, extra_jump = jump_fn(
-            flat.unravel(z_new), extra, jnp.minimum(j, num_jumps - 1)
-        )
-        z_new = _where(hit, flat.ravel(z_jump), z_new)
-        extra = _where(hit, extra_jump, extra)
-        # A step clipped to a save time must not shrink the steps after it.
+        z_new = _where(keep, z1, st.z)
+        hit = keep & (s1 == jumps[j]) & (j < num_jumps)
+        if num_jumps > 0:
+            z_jump, carry_jump = field.jump(
+                flat.unravel(z_new), carry, jnp.minimum(j, num_jumps - 1)
+            )
+            z_new = _where(hit, flat.ravel(z_jump), z_new)
+            carry = _where(hit, carry_jump, carry)
+        # A step clipped to a stop must not shrink the steps after it.
         dt_next = next_s1 - next_s0
-        clipped = keep & (s1 < s_prop)
-        dt_next = jnp.where(clipped, jnp.maximum(dt_next, s_prop - s), dt_next)
+        clipped = keep & (s1 < st.s_next)
+        dt_next = jnp.where(clipped, jnp.maximum(dt_next, st.s_next - s), dt_next)
         s_new = jnp.where(keep, s1, s)
-        sstate = _where(keep, sstate1, sstate)
         # A failed implicit step is retried smaller by the controller; only a step
         # that fails at the smallest representable size is fatal.
         result = RESULTS.where(
             ~ok & (s1 - s <= 10 * jnp.finfo(dtype).eps * jnp.abs(s)),
             RESULTS.solver_failed,
-            result,
+            st.result,
         )
-        return (
-            s_new,
-            s_new + dt_next,
-            z_new,
-            sstate,
-            cstate1,
-            j + hit.astype(j.dtype),
-            k + (keep & (s1 >= stops[k])).astype(k.dtype),
+        return LoopState(
+            s=s_new,
+            s_next=s_new + dt_next,
+            z=z_new,
+            solver_state=_where(keep, sstate1, st.solver_state),
+            controller_state=cstate1,
+            jump=j + hit.astype(j.dtype),
+            stop=k + (keep & (s1 >= plain[k])).astype(k.dtype),
             # After a jump the solver's FSAL value is stale until a step from the
             # new state is accepted: a rejected retry must not reuse it.
-            hit | (made_jump & ~keep),
-            extra,
-            nsteps + 1,
-            nacc + keep.astype(nacc.dtype),
-            result,
+            made_jump=hit | (st.made_jump & ~keep),
+            carry=carry,
+            num_steps=st.num_steps + 1,
+            num_accepted=st.num_accepted + keep.astype(jnp.int32),
+            result=result,
         )
 
-    init = (
-        s0,
-        s1_guess,
-        z0,
-        sstate,
-        cstate,
-        jnp.asarray(jump_index, jnp.int32),
-        k0,
-        jnp.array(False),
-        extra0,
-        jnp.array(0, jnp.int32),
-        jnp.array(0, jnp.int32),
-        RESULTS.successful,
+    init = LoopState(
+        s=s0, s_next=s1_guess, z=z0, solver_state=sstate, controller_state=cstate,
+        jump=jnp.asarray(jump_index, jnp.int32), stop=k0, made_jump=jnp.array(False),
+        carry=carry0, num_steps=jnp.array(0, jnp.int32),
+        num_accepted=jnp.array(0, jnp.int32), result=RESULTS.successful,
     )
-    s, s_prop, z, _, _, j, _, _, extra, nsteps, nacc, result = lax.while_loop(
-        cond, body, init
-    )
+    st = lax.while_loop(cond, body, init)
+    ran_out = (st.s < s_end) & (st.num_steps >= max_steps)
     result = RESULTS.where(
-        (s < s_end) & (result == RESULTS.successful),
+        ran_out & (st.result == RESULTS.successful),
         RESULTS.backward_max_steps_reached,
-        result,
+        st.result,
     )
-    return LoopOutput(s, flat.unravel(z), extra, j, nsteps, nacc, result, s_prop - s)
+    return LoopOutput(st.s, flat.unravel(st.z), st.carry, st.jump, st.num_steps,
+                      st.num_accepted, result, st.s_next - st.s)
 
 
 def dense_info_like(solver, rtol, atol, dt0, vf, s0, z0):
@@ -301,10 +340,3 @@ def gauss_legendre(n: int, dtype) -> tuple[Array, Array]:
 
     x, w = np.polynomial.legendre.leggauss(n)
     return jnp.asarray((x + 1) / 2, dtype), jnp.asarray(w / 2, dtype)
-
-
-def check(x, result: Array, throw: bool):
-    """Raise the message of `result` (a `RESULTS` member) under jit, if asked."""
-    if not throw:
-        return x
-    return result.error_if(x, result != RESULTS.successful)

@@ -290,8 +290,10 @@ def zeros_like_ct(ct, like):
 class AbstractAdjoint(AbstractSensitivity):
     """A continuous adjoint: the contract in this module's docstring.
 
-    Subclasses declare the backward solver settings and implement `forward`
-    (returning residuals for the backward pass) and `backward`.
+    A subclass declares its backward solver settings and `strategies`: how `y(t)`
+    is had on the way back and how `∂L/∂θ` is accumulated (`_backward.py`). The
+    forward solve is the y recovery's; the backward pass is one `BackwardPass` of
+    the two.
     """
 
     solver: eqx.AbstractVar[dfx.AbstractSolver | None]
@@ -300,15 +302,29 @@ class AbstractAdjoint(AbstractSensitivity):
     max_steps: eqx.AbstractVar[int | None]
 
     @abc.abstractmethod
-    def forward(self, problem: Problem) -> tuple[PyTree, dict, Array, PyTree]:
+    def strategies(self, problem: "Problem"):
+        """`(recovery, integral, seminorm)`: an `AbstractRecovery`, an
+        `AbstractIntegral`, and whether the error norm leaves `μ` out."""
+
+    def forward(self, problem: "Problem") -> tuple[PyTree, dict, Array, PyTree]:
         """Returns `(ys, stats, result, residuals)`."""
+        recovery, _, _ = self.strategies(problem)
+        return recovery.forward(problem)
 
-    @abc.abstractmethod
-    def backward(self, problem: Problem, residuals: PyTree, ys_bar: PyTree):
+    def backward(self, problem: "Problem", residuals: PyTree, ys_bar: PyTree):
         """Returns `(diff_bar, y0_bar, result)`: cotangents of the trainable leaves
-        and of y0 (exactly λ(t0)), and the backward pass's `RESULTS` member."""
+        and of `y0` (exactly `λ(t0)`), and the backward pass's `RESULTS` member,
+        not checked here."""
+        from ._backward import BackwardPass
 
-    def backward_settings(self, problem: Problem):
+        recovery, integral, seminorm = self.strategies(problem)
+        solver, rtol, atol, max_steps = self.backward_settings(problem)
+        _check_implicit_precision(type(self).__name__, solver, rtol, problem.y0)
+        bp = BackwardPass(problem, ys_bar, recovery, integral, solver, rtol, atol,
+                          max_steps, seminorm)
+        return bp.run(residuals)
+
+    def backward_settings(self, problem: "Problem"):
         """The backward solve's solver, tolerances and step budget."""
         opts = problem.options
         solver = opts.solver if self.solver is None else self.solver
@@ -354,6 +370,36 @@ def _forward(vjp_arg, static, adjoint, options):
     if options.throw:
         ys = checked(ys, result, True)
     return (ys, stats, result), (result, ys, residuals)
+
+
+# Below this backward `rtol`, a float32 implicit backward solve of a stiff
+# problem cannot converge: the roundoff of `f_yᵀλ` (large terms that cancel)
+# exceeds the tolerance its Newton iterations must meet.
+IMPLICIT_FLOAT32_RTOL = 1e-3
+
+
+def _check_implicit_precision(name, solver, rtol, y0):
+    if not isinstance(solver, dfx.AbstractImplicitSolver):
+        return
+    leaves = jtu.tree_leaves(y0)
+    if not leaves or max(jnp.finfo(jnp.result_type(x)).bits for x in leaves) > 32:
+        return
+    try:
+        rtol = float(rtol)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return
+    if rtol < IMPLICIT_FLOAT32_RTOL:
+        raise ValueError(
+            f"`{name}` with the implicit backward solver "
+            f"`{type(solver).__name__}` in float32 at rtol={rtol:g}: the adjoint's "
+            "Newton iterations cannot meet that tolerance in float32 on a stiff "
+            "problem (the roundoff of `f_yᵀλ` exceeds it), so the backward solve "
+            "would exhaust its step budget. Use float64 "
+            "(`jax.config.update('jax_enable_x64', True)` and a float64 `y0`), "
+            f"or `{name}(rtol={IMPLICIT_FLOAT32_RTOL:g}, "
+            f"atol={IMPLICIT_FLOAT32_RTOL:g})` for a looser backward solve, or "
+            "`jaxsens.Discrete()`."
+        )
 
 
 @eqx.filter_custom_vjp
