@@ -30,14 +30,12 @@ from ._fit import (
 from ._shard import sharded as sharded
 
 from . import collocation as collocation, shooting as shooting
-from ._steady import (
+from ._steady import steady_state as steady_state, SteadyState as SteadyState
+from ._steady_adjoint import SteadyStateAdjoint as SteadyStateAdjoint
+from ._steady_methods import (
     AbstractSteadyStateMethod as AbstractSteadyStateMethod,
     Integrate as Integrate,
     Newton as Newton,
-    STEADY_RESULTS as STEADY_RESULTS,
-    steady_state as steady_state,
-    SteadyState as SteadyState,
-    SteadyStateAdjoint as SteadyStateAdjoint,
 )
 
 from ._check import GradientCheck as GradientCheck, check_gradient as check_gradient

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxsens
-from jaxsens._steady import dense_solve
+from jaxsens._steady_adjoint import dense_solve
 
 
 class Chain(eqx.Module):
@@ -109,7 +109,7 @@ def test_closed_form_integrate():
     assert rel_err(ss.y, chain_closed_form(AB, CD)) < 1e-9
     assert rel_err(g_field.ab, e_ab) < 1e-8
     assert rel_err(g_cd, e_cd) < 1e-8
-    assert ss.result == jaxsens.STEADY_RESULTS.successful
+    assert ss.result == jaxsens.RESULTS.successful
     assert int(ss.stats["num_steps"]) > 0 and bool(ss.stats["polished"])
 
 
@@ -206,7 +206,7 @@ def test_error_no_steady_state_integrate():
     osc = lambda t, y, a: jnp.stack([y[1], -y[0]])  # a centre: never settles
     method = jaxsens.Integrate(solver=dfx.Tsit5(), max_steps=64, polish=None)
     bad = jaxsens.steady_state(osc, Y0, method=method, throw=False)
-    assert bad.result == jaxsens.STEADY_RESULTS.not_steady
+    assert bad.result == jaxsens.RESULTS.not_steady
     with pytest.raises(Exception, match="no steady state reached: integrating"):
         jaxsens.steady_state(osc, Y0, method=method)
 
