@@ -42,9 +42,9 @@ def batched_field(field: Callable, args_axis: Any = 0) -> BatchedField:
         all members chosen from the RMS error norm over the whole batch (as
         torchdiffeq does with a batched state). The field's vjp w.r.t. the
         parameters sums over the batch inside the solve, so a continuous adjoint
-        carries one `μ` of size p. On seed 002 (100 controls, 2-core CPU) it was
-        about 2× faster than `vmap` with `Discrete()` (≈ 27 vs 50 ms per gradient)
-        and 2.5–13× with the continuous adjoints; see `bench/results/controls.md`.
+        carries one `μ` of size p. On many controls this is faster than `vmap`,
+        most of all with the continuous adjoints (the README's performance
+        section has the figures).
         Avoid `Forward()` here: it carries one tangent per input of the whole
         batch, every control sample included.
 

@@ -81,7 +81,7 @@ class LinearField(eqx.Module):
           or `lx.FunctionLinearOperator` for a matrix-free stencil); its arrays are
           trainable;
         - a function (or `eqx.Module`) of `args` returning either of the above,
-          e.g. `lambda P: P - jnp.diag(P.sum(1))` (seed 000's rate matrix).
+          e.g. `lambda P: P - jnp.diag(P.sum(1))` (a rate matrix).
     - `forcing`: `b`, a constant source term: `None` (default), an `(n,)` array, or a
         function of `args` returning one.
     - `matvec` (keyword only, instead of `matrix`): a matrix-free operator given by

@@ -17,9 +17,9 @@ from jaxtyping import Array, PyTree
 from ._sensitivity.base import max_abs, tree_size
 from ._solution import RESULTS, checked
 from ._steady_methods import (
+    DENSE_MAX,
     check_linear_solver,
     check_positive_int,
-    DENSE_MAX,
     default_tol,
     tree_dtype,
 )

@@ -5,22 +5,21 @@ The Padé-13 scaling-and-squaring algorithm (Higham 2005), as in
 
 - **Fewer squarings.** `s` comes from `α = max(‖A⁴‖^{1/4}, ‖A⁶‖^{1/6})` rather
   than `‖A‖₁` (Al-Mohy & Higham 2009); the powers are needed by the Padé
-  approximant anyway. On seed 000's stiff step matrix (n = 100,
-  `‖AΔt‖₁ = 216`) that is 4 squarings instead of 5, each worth three matrix
-  products in a gradient.
+  approximant anyway. For rate matrices, whose powers grow more slowly than
+  `‖A‖₁`, that is often one squaring fewer, each worth three matrix products in
+  a gradient.
 - **A hand-written JVP**: the Fréchet derivative `L(A, Ȧ)` by the product
   rule through the Padé approximant and through each squaring, `L ← X L + L X`.
   The Padé denominator `Q` is inverted once, so that `Q⁻¹` is applied to the
   primal and to the tangent (and, transposed, to the cotangent) as matrix
-  products rather than as triangular solves (2.2 → 2.06 ms; `Q` is well
+  products rather than as triangular solves (cheaper, and safe: `Q` is well
   conditioned at the scaled norms used). JAX transposes it for reverse mode, so the
   backward pass is a straight run of matrix products instead of autodiff back
   through a 16-step `scan` of `lax.cond`s, and every product there has a plain
   (not transposed) left operand (`_left`).
 
-Measured in one process, seed 000's stiff step matrix, jitted `grad` of
-`⟨G, expm(A)⟩`, median of 20 rounds of 20 calls: 2.18 ms against 2.74 ms for
-`jax.scipy.linalg.expm` (forward alone 0.76 against 0.72 ms). Being a
+A gradient through it is cheaper than one through `jax.scipy.linalg.expm`
+at about the same forward cost (the README's performance section). Being a
 `custom_jvp`, it keeps `jax.jvp`, `jax.hessian` and `vmap` working.
 
 Tried and dropped: the trace shift `expm(A) = e^μ expm(A - μI)` (Higham 2005)
@@ -55,12 +54,11 @@ def _powers(a):
 
 def _squarings_needed(a, a4, a6):
     """`s` from `α = max(‖A⁴‖^{1/4}, ‖A⁶‖^{1/6})` (Al-Mohy & Higham 2009): the
-    Padé error depends on these, not on `‖A‖₁` (for seed 000's rate matrices
-    α ≈ 0.7 ‖A‖₁, one squaring fewer). `‖A⁴‖^{1/4}` bounds the `‖A⁸‖^{1/8}` of
+    Padé error depends on these, not on `‖A‖₁` (for rate matrices `α` is often
+    well below `‖A‖₁`, one squaring fewer). `‖A⁴‖^{1/4}` bounds the `‖A⁸‖^{1/8}` of
     their `α₃`. Rounded down, as `jax.scipy.linalg.expm` rounds `log2(‖A‖₁/θ)`:
-    the scaled `α` stays below `2θ`, so the worst case is that of JAX's `expm`;
-    measured on seed 000's stiff step matrix: 2.2e-14 relative (s = 4) against
-    scipy, 6.6e-15 at s = 5."""
+    the scaled `α` stays below `2θ`, so the worst case is that of JAX's `expm`
+    (`tests/test_expm.py` compares with scipy)."""
     alpha = jnp.maximum(
         jnp.linalg.norm(a4, 1) ** (1 / 4), jnp.linalg.norm(a6, 1) ** (1 / 6)
     )
@@ -100,8 +98,8 @@ def _left(k):
     """The linear map `d ↦ k @ d`, written as `(dᵀ kᵀ)ᵀ` with `kᵀ` stored.
 
     Reverse mode runs the transpose, `c ↦ kᵀ c`. Left as `k @ d`, XLA computes
-    that as a product with a transposed left operand, 1.5x slower on CPU than a
-    plain one (measured: 49 against 32 µs at n = 100); this form transposes to
+    that as a product with a transposed left operand, slower on CPU than a
+    plain one; this form transposes to
     `(cᵀ k)ᵀ`, a plain product between two cheap transposes."""
     kt = lax.optimization_barrier(k.T)
     return lambda d: (d.T @ kt).T

@@ -177,7 +177,8 @@ class AutoDecision:
                        "gradient of the discretised solution.")
             if f["implicit"]:
                 reasons += (f"{f['solver']} is implicit: Discrete differentiates its "
-                            "Newton iterations too; still measured fastest.",)
+                            "Newton iterations too, and is still the fastest on the "
+                            "benchmarks.",)
             elif f["y0_counted"] and n > p and p <= th["forward_columns_max"]:
                 reasons += ("If y0 is not differentiated, Forward by Jacobian columns "
                             f"(p = {p} per stage) beats Discrete: inside `jit`/`grad` "

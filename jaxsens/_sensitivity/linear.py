@@ -18,7 +18,6 @@ from .base import AbstractSensitivity, all_finite
 _EXPM_MAX_NORM = 5.371920351148152 * 2.0**16
 
 
-
 def augment(a, b):
     """`[[A, b], [0, 0]]`: the forcing `b` folded into a linear system of size n+1."""
     n = a.shape[0]
@@ -43,8 +42,7 @@ def powers(e, z, num: int):
     Its JVP is written so that the parameter part is ONE matrix product: the
     tangent obeys `ż_k = E ż_{k-1} + Ė z_{k-1}`, and the forcings `Ė z_{k-1}` for
     all k are `Z Ėᵀ`. Transposed for reverse mode, `Ē = Σ_k λ_k z_{k-1}ᵀ` is then
-    one GEMM instead of a rank-one update per step (measured ~0.4 ms of 3.4 ms on
-    the stiff seed-000 problem, 200 steps).
+    one GEMM instead of a rank-one update per step.
     """
     return _powers_scan(e, z, num)
 
@@ -95,11 +93,10 @@ def propagate(m, z0, t0, ts, known=None):
     matrix-vector products, the first step `t0 -> ts[0]` costing nothing when
     `t0 == ts[0]` and nothing extra when it equals `h`. Otherwise one `expm` per
     step, in a `scan` (sequential: `expm`'s data-dependent branches stay branches,
-    where `vmap` would turn them into `select`s that evaluate all 16 squarings;
-    measured 2.5-4x slower for 50 steps at n = 100). `known`: `(t0, ts)` as floats
-    when they were known at trace time (`SolveOptions.static_times`); the spacing
-    is then decided in Python and only one path is compiled (compile time of the
-    stiff seed-000 gradient 2.0 → 1.2 s).
+    where `vmap` would turn them into `select`s that evaluate all 16 squarings).
+    `known`: `(t0, ts)` as floats when they were known at trace time
+    (`SolveOptions.static_times`); the spacing is then decided in Python and only
+    one path is compiled, which shortens compilation.
     """
     dts = jnp.diff(ts, prepend=t0[None])
     num = ts.shape[0]
@@ -143,8 +140,8 @@ class LinearExpm(AbstractSensitivity):
 
     `y(t_k) = expm(A (t_k - t_{k-1})) y(t_{k-1})`: no time steps and no tolerance
     (`rtol`, `atol`, `solver` and `max_steps` are ignored). On uniformly spaced save
-    times one `expm(A h)` is computed and reused — seed 000's "compute `exp(A)` once
-    and take powers" — otherwise one `expm` per step. A forcing `b` is folded into
+    times one `expm(A h)` is computed and reused ("compute `exp(A)` once and take
+    powers"), otherwise one `expm` per step. A forcing `b` is folded into
     the augmented matrix `[[A, b], [0, 0]]` (Van Loan 1978). The gradient with
     respect to everything `A` and `b` are built from, and to `y0`, goes through
     the Fréchet derivative of the scaling-and-squaring Padé algorithm (the
@@ -157,13 +154,9 @@ class LinearExpm(AbstractSensitivity):
     Use it for a [`jaxsens.LinearField`][] of up to a few thousand states
     (`Auto()` picks it for n ≤ 2000): cost O(n³) per distinct step and memory
     O(n²) per step on the backward pass. A time-stepped gradient of the same
-    problem is off by the solver tolerance and is slower: on seed 000 (100 states,
-    10^4 rates) at rtol = 1e-6 the time-stepped gradients are off by 2e-5 to 4e-3
-    relative, and one exact gradient took 2.2 ms against 11.9 ms for diffrax's
-    `RecursiveCheckpointAdjoint` and 27 s for `Forward()`; on its stiff variant
-    (rates × 100, 200 save times) 2.7 ms against 63 ms with `Kvaerno5`
-    (bench/bench_linear.py, shared 2-core machine). For larger or matrix-free `A` use
-    [`jaxsens.KrylovExpm`][].
+    problem is off by the solver tolerance and is slower, the more so the stiffer
+    the system (the README's performance section has the figures). For larger or
+    matrix-free `A` use [`jaxsens.KrylovExpm`][].
 
     **Arguments:** none.
 
