@@ -8,7 +8,12 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._control import Control
-from .base import AbstractSensitivity, SolveOptions, float_args_as_arrays
+from .base import (
+    AbstractSensitivity,
+    SolveOptions,
+    float_args_as_arrays,
+    tree_size,
+)
 from .discrete import Discrete
 from .forward import Forward
 
@@ -32,14 +37,10 @@ def _param_leaves(field, args) -> list:
     return jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
 
 
-def _size(leaves) -> int:
-    return sum(int(np.size(x)) for x in leaves)
-
-
 def count_sizes(field, y0, args) -> tuple[int, int]:
     """`(n, p)`: state size and number of trainable scalars (field leaves + args,
     not counting `Control` sample times)."""
-    return _size(jtu.tree_leaves(y0)), _size(_param_leaves(field, args))
+    return tree_size(jtu.tree_leaves(y0)), tree_size(_param_leaves(field, args))
 
 
 def has_tracer(tree) -> bool:
@@ -55,7 +56,7 @@ def traced_param_size(field, y0, ts, args) -> int:
     differentiated."""
     t = jnp.asarray(ts)[0] if jnp.ndim(ts) else jnp.asarray(ts)
     converted = eqx.filter_closure_convert(field, t, y0, args)
-    return _size([x for x in _param_leaves(converted, args) if has_tracer(x)])
+    return tree_size([x for x in _param_leaves(converted, args) if has_tracer(x)])
 
 
 # Auto's cost model (units: one `Discrete` gradient), fitted to the repository's
@@ -362,6 +363,12 @@ class Auto(AbstractSensitivity):
         return self.decide(field, y0, ts, args, solver=solver,
                            y0_traced=y0_traced).method
 
+    def chosen(self, field, y0, ts, args, options: SolveOptions) -> AbstractSensitivity:
+        """The method `solve` delegates to, for `solve`'s own arguments (`options`
+        carries the solver and whether `y0` was traced)."""
+        return self.choose(field, y0, ts, args, solver=options.solver,
+                           y0_traced=options.y0_traced)
+
     def solve(self, field, y0, ts, args, options: SolveOptions):
-        method = self.choose(field, y0, ts, args, solver=options.solver)
+        method = self.chosen(field, y0, ts, args, options)
         return method.solve(field, y0, ts, args, options)
