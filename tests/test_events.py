@@ -150,3 +150,13 @@ def test_bad_conditions_are_named():
         jaxsens.solve(ball, y0, TS, 9.81, event=dfx.Event(ground))
     with pytest.raises(TypeError, match="must be a `diffrax.Event`"):
         jaxsens.solve(ball, y0, TS, 9.81, event=ground)
+
+
+def test_eager_grad_of_the_impact_time():
+    def tau(g):
+        return jaxsens.solve(ball, jnp.array([2.0, 0.0]), TS, g, sensitivity=jaxsens.Discrete(),
+                             event=dfx.Event(ground, root_finder=ROOT), **TOL).event_time
+
+    g = 9.81
+    exact = -((2 * 2.0 / g) ** 0.5) / (2 * g)
+    assert rel_err(jax.grad(tau)(g), exact) < 1e-8
