@@ -5,7 +5,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 
 _VMAP_HINT = (
@@ -264,6 +264,9 @@ class Solution(eqx.Module):
         on the per-member gradients `g` of a `vmap(grad(...))`.
     - `sensitivity`: the sensitivity method that was actually used (useful with
         `Auto()`).
+    - `event_time`, `event_state`, `event_happened`: with `solve(..., event=...)`,
+        the time and state of the first event (the end of the span and the final
+        state if none happened) and whether one happened; `None` without `event`.
 
     **Example:**
 
@@ -279,3 +282,6 @@ class Solution(eqx.Module):
     stats: dict[str, Int[Array, ""]]
     result: RESULTS
     sensitivity: object = eqx.field(static=True)
+    event_time: Float[Array, ""] | None = None
+    event_state: PyTree[Array] | None = None
+    event_happened: Bool[Array, ""] | None = None

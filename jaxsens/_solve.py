@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import ArrayLike, Float, PyTree
 
+from ._event import check_event, solve_with_event
 from ._sensitivity.auto import Auto, has_tracer
 from ._sensitivity.base import AbstractSensitivity, SolveOptions, all_finite, static_times
 from ._solution import Solution
@@ -126,6 +127,7 @@ def solve(
     max_steps: int = 16**3,
     sensitivity: AbstractSensitivity = Auto(),  # noqa: B008 (immutable Module)
     throw: bool = True,
+    event: dfx.Event | None = None,
 ) -> Solution:
     """Solve `dy/dt = field(t, y, args)` from `y0` and save at `ts`, differentiably.
 
@@ -149,6 +151,10 @@ def solve(
         `QuadratureAdjoint()`, `GaussAdjoint()`; see the README's table.
     - `throw`: raise on failure (step budget exhausted, solver failure, backsolve
         divergence). With `throw=False`, check `sol.result` instead.
+    - `event`: a `diffrax.Event` that stops the solve at its first occurrence;
+        `sol.event_time`, `sol.event_state` and `sol.event_happened` are then
+        differentiable by every method (the README's "Events"). Rows of `ys`
+        after the event are `inf`, as in diffrax.
 
     **Returns:** a [`jaxsens.Solution`][] with `ys` (structured like `y0`, leading
     axis `len(ts)`), `ts`, `stats`, `result` and the `sensitivity` used.
@@ -245,6 +251,12 @@ def solve(
     method = sensitivity
     if isinstance(method, Auto):
         method = method.choose(field, y0, ts, args, solver=solver, y0_traced=y0_traced)
+    if event is not None:
+        check_event(event, field, y0, ts, args, options)
+        out = solve_with_event(method, field, y0, ts, args, options, event)
+        return Solution(ts=ts, ys=out.ys, stats=out.stats, result=out.result,
+                        sensitivity=method, event_time=out.event_time,
+                        event_state=out.event_state, event_happened=out.event_happened)
     # Each method checks its failures where its derivative is computed, too.
     ys, stats, result = method.solve(field, y0, ts, args, options)
     return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method)
