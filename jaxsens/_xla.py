@@ -60,7 +60,7 @@ def compile_small_loops_whole() -> None:
     then left as it was. Restart Python and call this before any JAX computation,
     or start Python with `XLA_FLAGS` set as the message says. Whether the limit
     took effect is checked by compiling a small loop on the CPU and looking for
-    the whole-loop function in the compiled program (about 50 ms): JAX has no
+    the whole-loop function in the compiled program: JAX has no
     public query for "has the backend started".
 
     **Example:**
@@ -104,7 +104,7 @@ def compile_small_loops_whole() -> None:
 @functools.cache
 def in_effect() -> bool:
     """Whether XLA:CPU compiles a loop of ~4 KiB of operands whole: compiles a tiny
-    loop for the CPU and looks (about 50 ms; starts JAX's backend)."""
+    loop for the CPU and looks (this starts JAX's backend)."""
     import jax
     import jax.numpy as jnp
 
