@@ -5,6 +5,8 @@ method, against float64 central finite differences.
 either is far outside the tolerances used here.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,18 +78,28 @@ def test_ts_and_t0_gradients(name, reference):
     assert float(g_t0) == pytest.approx(reference[1], rel=1e-6)
 
 
+TS1, T01 = jnp.array([0.8]), 0.1
+
+
+@pytest.fixture(scope="module")
+def single_reference():
+    """Finite differences for one save time after `t0`, and the `Discrete` gradient
+    w.r.t. `ts` with `t0` left out."""
+    fd = central_fd(loss_of(jaxsens.Discrete(), forced, K), TS1, T01)
+    default = loss_of(jaxsens.Discrete(), forced, K, t0_given=False)
+    return fd, jax.jit(jax.grad(lambda ts: default(ts, None)))(TS)
+
+
 @pytest.mark.parametrize("name", ["Forward", "InterpolatingAdjoint", "GaussAdjoint"])
-def test_single_save_time_and_default_t0(name):
+def test_single_save_time_and_default_t0(name, single_reference):
     # len(ts) == 1 with t0 < ts[0]; and t0 left out (t0 = ts[0] follows ts).
+    (ref_ts, ref_t0), ref = single_reference
     loss = loss_of(NONLINEAR[name], forced, K)
-    ts1 = jnp.array([0.8])
-    g_ts, g_t0 = jax.grad(loss, argnums=(0, 1))(ts1, 0.1)
-    ref_ts, ref_t0 = central_fd(loss_of(jaxsens.Discrete(), forced, K), ts1, 0.1)
+    g_ts, g_t0 = jax.jit(jax.grad(loss, argnums=(0, 1)))(TS1, T01)
     assert rel_err(g_ts, ref_ts) < 1e-6
     assert float(g_t0) == pytest.approx(ref_t0, rel=1e-6)
     default = loss_of(NONLINEAR[name], forced, K, t0_given=False)
-    g = jax.grad(default)(TS, None)
-    ref = jax.grad(loss_of(jaxsens.Discrete(), forced, K, t0_given=False))(TS, None)
+    g = jax.jit(jax.grad(lambda ts: default(ts, None)))(TS)
     assert rel_err(g, ref) < 1e-6
 
 
@@ -95,11 +107,12 @@ def test_single_save_time_and_default_t0(name):
 def test_time_gradients_under_vmap(name, reference):
     loss = loss_of(NONLINEAR[name], forced, K)
     shifts = jnp.array([0.0, 0.2])
-    g_ts, g_t0 = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None)))(
+    grad = jax.grad(loss, argnums=(0, 1))
+    g_ts, g_t0 = jax.jit(jax.vmap(grad, in_axes=(0, None)))(
         TS[None] + shifts[:, None] * jnp.array([0, 1, 1, 1.0]), T0)
     assert rel_err(g_ts[0], reference[0]) < 1e-6
     assert float(g_t0[0]) == pytest.approx(reference[1], rel=1e-6)
-    one = jax.grad(loss, argnums=(0, 1))(TS + 0.2 * jnp.array([0, 1, 1, 1.0]), T0)
+    one = jax.jit(grad)(TS + 0.2 * jnp.array([0, 1, 1, 1.0]), T0)
     assert rel_err(g_ts[1], one[0]) < 1e-6
 
 
@@ -119,13 +132,19 @@ GRIDS = {
 }
 
 
+@functools.cache
+def linear_reference(grid):
+    ts, t0 = GRIDS[grid]
+    return central_fd(loss_of(jaxsens.LinearExpm(), LINEAR, A, t0 is not None), ts, t0)
+
+
 @pytest.mark.parametrize("grid", list(GRIDS))
 @pytest.mark.parametrize("name", list(LINEAR_METHODS))
 def test_linear_ts_and_t0_gradients(name, grid):
     ts, t0 = GRIDS[grid]
     given = t0 is not None
     loss = loss_of(LINEAR_METHODS[name], LINEAR, A, given)
-    ref_ts, ref_t0 = central_fd(loss_of(jaxsens.LinearExpm(), LINEAR, A, given), ts, t0)
+    ref_ts, ref_t0 = linear_reference(grid)
     if not given:
         g_ts = jax.jit(jax.grad(lambda ts: loss(ts, None)))(ts)
         assert rel_err(g_ts, ref_ts) < 1e-7
