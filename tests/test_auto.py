@@ -103,7 +103,7 @@ def test_closed_over_traced_arrays_count():
         facts["method"] = sol.sensitivity
         return jnp.sum(sol.ys**2)
 
-    jax.eval_shape(jax.grad(loss), jnp.full(N, 0.1))  # the choice is made tracing
+    jax.grad(loss)(jnp.full(N, 0.1))
     # `w` (traced) counts; `scale` (a Python float, constant) and y0 do not.
     assert facts["p"] == N and not facts["y0_counted"]
     assert facts["method"] == jaxsens.Discrete()
