@@ -11,8 +11,8 @@ import jaxsens
 
 from .helpers import rel_err
 
+# `Auto` picks `Forward` here (`test_auto_picks_from_the_state_with_its_cost`).
 METHODS = {
-    "Auto": jaxsens.Auto(),
     "Discrete": jaxsens.Discrete(),
     "Forward": jaxsens.Forward(),
     "Backsolve": jaxsens.BacksolveAdjoint(),
@@ -20,7 +20,7 @@ METHODS = {
     "Quadrature": jaxsens.QuadratureAdjoint(),
     "Gauss": jaxsens.GaussAdjoint(),
 }
-TOL = dict(rtol=1e-10, atol=1e-10)
+TOL = dict(rtol=1e-10, atol=1e-10, max_steps=256)
 T = 2.0
 TS = jnp.array([0.0, 1.0, T])
 K, Y0 = 0.8, 1.5
@@ -54,6 +54,13 @@ def test_cost_and_its_gradient_every_method(name):
     assert rel_err(grad, jax.grad(lambda k, y0: exact(k, y0)[0], argnums=(0, 1))(K, Y0)) < 1e-6
 
 
+def test_auto_picks_from_the_state_with_its_cost():
+    sol = jax.eval_shape(lambda k: jaxsens.solve(decay, Y0, TS, k, running_cost=square),
+                         K)
+    assert isinstance(sol.sensitivity, jaxsens.Forward)
+    assert sol.cost.shape == () and sol.ys.shape == TS.shape
+
+
 def test_nonlinear_cost_against_finite_differences():
     """Lotka–Volterra with a cost of both states and of time, by one adjoint."""
     ts = jnp.array([0.0, 1.5])
@@ -71,11 +78,12 @@ def test_nonlinear_cost_against_finite_differences():
                              running_cost=g, **TOL).cost
 
     p = jnp.array([1.1, 0.6])
-    grad = jax.grad(cost)(p, jaxsens.InterpolatingAdjoint())
-    primal = jax.jit(lambda p: cost(p, jaxsens.Discrete()))
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda p: cost(p, jaxsens.InterpolatingAdjoint())))
+    grad = value_and_grad(p)[1]
     h = 1e-5
-    fd = jnp.stack([(primal(p + h * e) - primal(p - h * e)) / (2 * h)
-                    for e in jnp.eye(2)])
+    fd = jnp.stack([(value_and_grad(p + h * e)[0] - value_and_grad(p - h * e)[0])
+                    / (2 * h) for e in jnp.eye(2)])
     assert rel_err(grad, fd) < 1e-6
 
 
@@ -84,8 +92,9 @@ def test_the_cost_does_not_loosen_the_state_error_control():
     ks = jnp.array([0.8, 3.0])
 
     def solve(running_cost):
-        return jaxsens.solve(decay, y0, TS, ks, running_cost=running_cost,
-                             sensitivity=jaxsens.Discrete())
+        return jax.jit(lambda: jaxsens.solve(decay, y0, TS, ks, max_steps=256,
+                                             running_cost=running_cost,
+                                             sensitivity=jaxsens.Discrete()))()
 
     plain, costed = solve(None), solve(lambda t, y, k: jnp.sum(y**2))
     assert plain.cost is None
@@ -105,7 +114,7 @@ def test_cost_up_to_an_event():
                             sensitivity=jaxsens.GaussAdjoint(), **TOL)
         return sol.cost, (sol.event_time, sol.event_state)
 
-    (value, (tau, state)), grad = jax.value_and_grad(cost, has_aux=True)(K)
+    (value, (tau, state)), grad = jax.jit(jax.value_and_grad(cost, has_aux=True))(K)
     assert rel_err(value, 1 / K) < 1e-8 and rel_err(grad, -1 / K**2) < 1e-6
     assert rel_err(tau, jnp.log(3.0) / K) < 1e-8 and rel_err(state, 0.5) < 1e-8
 
