@@ -14,7 +14,12 @@ from jaxtyping import ArrayLike, Float, PyTree
 from ._control import control_knots
 from ._event import check_event, solve_with_event
 from ._sensitivity.auto import Auto, has_tracer
-from ._sensitivity.base import AbstractSensitivity, SolveOptions, all_finite, static_times
+from ._sensitivity.base import (
+    AbstractSensitivity,
+    SolveOptions,
+    all_finite,
+    static_times,
+)
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm
 from ._solution import Solution

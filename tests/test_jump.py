@@ -16,6 +16,7 @@ from jaxsens._sensitivity.base import SolveOptions
 
 from .helpers import rel_err
 
+
 # `Auto` picks `Forward` here (`test_chosen_is_the_method_itself_except_for_auto`).
 METHODS = {
     "Discrete": jaxsens.Discrete(),
@@ -100,7 +101,8 @@ def test_backward_pass_steps_to_the_switch():
 
     def exact(p):
         k, a = p
-        ys = Y0 * jnp.exp(-k * ts) + a / k * (1 - jnp.exp(-k * jnp.maximum(ts - SWITCH, 0)))
+        after = jnp.maximum(ts - SWITCH, 0.0)
+        ys = Y0 * jnp.exp(-k * ts) + a / k * (1 - jnp.exp(-k * after))
         return jnp.sum(weights * ys)
 
     reference = jax.grad(exact)(P)

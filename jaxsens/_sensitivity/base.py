@@ -97,7 +97,9 @@ class AbstractSensitivity(eqx.Module):
     ) -> tuple[PyTree[Array], dict[str, Array], Array]:
         """Returns `(ys, stats, result)` with `ys` differentiable by this method."""
 
-    def chosen(self, field, y0, ts, args, options: SolveOptions) -> "AbstractSensitivity":
+    def chosen(
+        self, field, y0, ts, args, options: SolveOptions
+    ) -> "AbstractSensitivity":
         """The method `jaxsens.solve` runs for these arguments: this one (`Auto`
         picks another)."""
         del field, y0, ts, args, options
