@@ -36,6 +36,11 @@ class Control(eqx.Module):
         an adaptive solver pays for in rejected steps) or `"cubic"` (C¹, fewer
         steps; the better choice unless the data really is piecewise linear).
 
+    A `Control` in a solve's `args` (or in its field) has its sample times stepped
+    to exactly (`jaxsens.solve`'s `jump_ts`, forward and backward), for both
+    methods: each linear sample is a kink, and a cubic's second derivative jumps
+    at each sample, which costs a high-order solver rejected steps there too.
+
     **Returns:** calling `control(t)` gives `u(t)` with shape `values.shape[1:]`.
 
     **Example:**
@@ -156,3 +161,21 @@ class Control(eqx.Module):
                     f"{c.method!r} {c.values.shape}."
                 )
         return jtu.tree_map(lambda *xs: jnp.stack(xs), *controls)
+
+
+def _is_control(x) -> bool:
+    return isinstance(x, Control)
+
+
+def control_knots(tree) -> Array | None:
+    """The sample times of every `Control` in `tree` (itself one, or among its
+    leaves, inside Modules too), concatenated; `None` if there is none. Stacked
+    controls (sample times not 1-D: outside the `vmap` that unstacks them) are
+    left out."""
+    found = [
+        x.ts for x in jtu.tree_leaves(tree, is_leaf=_is_control)
+        if _is_control(x) and jnp.ndim(x.ts) == 1
+    ]
+    if not found:
+        return None
+    return jnp.concatenate([jnp.asarray(t) for t in found])

@@ -29,6 +29,7 @@ from ._sensitivity.base import (
     diagnose,
     float_args_as_arrays,
     make_controller,
+    state_norm,
 )
 from ._solution import RESULTS, as_result, checked, guarded
 
@@ -50,6 +51,12 @@ class EventOutputs(eqx.Module):
     event_time: Array
     event_state: PyTree[Array]
     event_happened: Array
+
+
+def _controller(options: SolveOptions):
+    """The step-size controller of the method's forward solve (`diffrax_solve`)."""
+    return make_controller(options.solver, options.rtol, options.atol, options.dt0,
+                           state_norm(options), options.jump_ts)
 
 
 def _cond_fns(event):
@@ -82,7 +89,7 @@ def check_event(event, field, y0, ts, args, options) -> None:
             f"`event` must be a `diffrax.Event`, e.g. `diffrax.Event(cond_fn, "
             f"root_finder=optimistix.Newton(1e-10, 1e-10))`; got {event!r}."
         )
-    controller = make_controller(options.solver, options.rtol, options.atol, options.dt0)
+    controller = _controller(options)
     kwargs = _cond_kwargs(field, ts, options, controller, _locate_saveat())
     t0 = options.t0
     for cond_fn in _cond_fns(event):
@@ -132,7 +139,7 @@ def _locate(field, y0, ts, args, options, event):
     # The user's field itself (a closure-converted one is tied to `args`' trace).
     field_c, args_c = _sg_tree((field, float_args_as_arrays(args)))
     y0, t0, t1 = jax.lax.stop_gradient((y0, options.t0, ts[-1]))
-    controller = make_controller(options.solver, options.rtol, options.atol, options.dt0)
+    controller = _controller(options)
     sol = dfx.diffeqsolve(
         dfx.ODETerm(field_c), options.solver, t0, t1, options.dt0, y0, args=args_c,
         saveat=_locate_saveat(), stepsize_controller=controller,
@@ -219,7 +226,7 @@ def solve_with_event(method, field, y0, ts, args, options: SolveOptions, event):
     y_star = jtu.tree_map(lambda a, b: jnp.where(at_t0, a, b), y_near, y_solved)
     f_star = f(tau, y_star)
 
-    controller = make_controller(options.solver, options.rtol, options.atol, options.dt0)
+    controller = _controller(options)
     kwargs = _cond_kwargs(field, ts, options, controller, _locate_saveat())
     implicit = tau + _implicit_step(_cond_fns(event), mask, tau, y_star, f_star, args,
                                     kwargs)

@@ -267,6 +267,9 @@ class Solution(eqx.Module):
     - `event_time`, `event_state`, `event_happened`: with `solve(..., event=...)`,
         the time and state of the first event (the end of the span and the final
         state if none happened) and whether one happened; `None` without `event`.
+    - `cost`: with `solve(..., running_cost=g)`, `∫ g(t, y(t), args) dt` from `t0`
+        to `ts[-1]` (to the event time with `event=`), differentiable by the
+        chosen method; `None` without `running_cost`.
 
     **Example:**
 
@@ -285,3 +288,4 @@ class Solution(eqx.Module):
     event_time: Float[Array, ""] | None = None
     event_state: PyTree[Array] | None = None
     event_happened: Bool[Array, ""] | None = None
+    cost: Float[Array, ""] | None = None

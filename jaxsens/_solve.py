@@ -1,14 +1,27 @@
 """`jaxsens.solve`: the one entry point. Checks its inputs, dispatches to a method."""
 
+import dataclasses
+from collections.abc import Callable
+
 import diffrax as dfx
 import equinox as eqx
+import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import ArrayLike, Float, PyTree
 
+from ._control import control_knots
 from ._event import check_event, solve_with_event
 from ._sensitivity.auto import Auto, has_tracer
-from ._sensitivity.base import AbstractSensitivity, SolveOptions, all_finite, static_times
+from ._sensitivity.base import (
+    AbstractSensitivity,
+    SolveOptions,
+    all_finite,
+    static_times,
+)
+from ._sensitivity.krylov import KrylovExpm
+from ._sensitivity.linear import LinearExpm
 from ._solution import Solution
 
 
@@ -113,6 +126,91 @@ def _check_field_output(field, t0, y0, args):
             )
 
 
+def _jump_times(jump_ts, field, args, solver, dtype):
+    """`jump_ts` checked, sorted and in the time dtype (`None` if empty); by
+    default the sample times of every `jaxsens.Control` in `field` or `args`
+    (adaptive solvers only: constant steps cannot be placed). The times are not
+    differentiated: they place steps, the solution does not depend on them."""
+    if jump_ts is None:
+        if not isinstance(solver, dfx.AbstractAdaptiveSolver):
+            return None
+        jump_ts = control_knots((field, args))
+        if jump_ts is None:
+            return None
+    jump_ts = jnp.asarray(jump_ts)
+    if jump_ts.ndim != 1:
+        raise ValueError(
+            "`jump_ts` must be a 1-D array of the times at which the field is "
+            f"discontinuous, got shape {jump_ts.shape}. Pass e.g. "
+            "`jump_ts=jnp.array([0.5])`."
+        )
+    if jnp.issubdtype(jump_ts.dtype, jnp.bool_) or not jnp.issubdtype(
+        jump_ts.dtype, jnp.integer) and not jnp.issubdtype(jump_ts.dtype, jnp.floating):
+        raise ValueError(
+            f"`jump_ts` must hold real times, got dtype {jump_ts.dtype}."
+        )
+    if jump_ts.shape[0] == 0:
+        return None
+    jump_ts = jnp.sort(lax.stop_gradient(jump_ts.astype(dtype)))
+    return eqx.error_if(
+        jump_ts, ~jnp.all(jnp.isfinite(jump_ts)),
+        "`jump_ts` must be finite (NaN or inf found): pass only the times at which "
+        "the field is discontinuous.",
+    )
+
+
+def _check_running_cost(cost, t0, y0, args):
+    if not callable(cost):
+        raise TypeError(
+            "`running_cost` must be callable as `running_cost(t, y, args)`, "
+            f"returning the integrand as a scalar; got {cost!r}."
+        )
+    try:
+        out = eqx.filter_eval_shape(cost, t0, y0, args)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise type(e)(
+            f"Calling `running_cost(t0, y0, args)` failed while checking its output: "
+            f"{e}"
+        ) from e
+    if (not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ()
+            or jnp.issubdtype(out.dtype, jnp.bool_)
+            or not (jnp.issubdtype(out.dtype, jnp.floating)
+                    or jnp.issubdtype(out.dtype, jnp.integer))):
+        shown = (f"shape {out.shape} and dtype {out.dtype}"
+                 if isinstance(out, jax.ShapeDtypeStruct) else repr(out))
+        raise ValueError(
+            "`running_cost(t, y, args)` must return one real scalar, the integrand "
+            f"`g` of `∫ g dt`; got {shown}. Reduce over the state, e.g. "
+            "`jnp.sum(y**2)` (for a complex state, `jnp.sum(jnp.abs(y)**2)`)."
+        )
+
+
+class _WithCost(eqx.Module):
+    """The field of the state `(y, c)` a running cost adds: `(f, g)`."""
+
+    field: Callable
+    cost: Callable
+
+    def __call__(self, t, z, args):
+        y, c = z
+        g = jnp.asarray(self.cost(t, y, args)).astype(jnp.result_type(c))
+        return self.field(t, y, args), g
+
+
+class _OnState(eqx.Module):
+    """An event condition of the state `(y, c)`, called on `y` alone."""
+
+    cond_fn: Callable
+
+    def __call__(self, t, y, args, **kwargs):
+        return self.cond_fn(t, y[0], args, **kwargs)
+
+
+def _on_state(event: dfx.Event) -> dfx.Event:
+    wrapped = jtu.tree_map(_OnState, event.cond_fn, is_leaf=callable)
+    return eqx.tree_at(lambda e: e.cond_fn, event, wrapped)
+
+
 def solve(
     field,
     y0: PyTree[ArrayLike],
@@ -128,6 +226,8 @@ def solve(
     sensitivity: AbstractSensitivity = Auto(),  # noqa: B008 (immutable Module)
     throw: bool = True,
     event: dfx.Event | None = None,
+    jump_ts: Float[ArrayLike, " jumps"] | None = None,
+    running_cost: Callable | None = None,
 ) -> Solution:
     """Solve `dy/dt = field(t, y, args)` from `y0` and save at `ts`, differentiably.
 
@@ -155,9 +255,25 @@ def solve(
         `sol.event_time`, `sol.event_state` and `sol.event_happened` are then
         differentiable by every method (the README's "Events"). Rows of `ys`
         after the event are `inf`, as in diffrax.
+    - `jump_ts`: times at which the field is discontinuous or has a kink (e.g. a
+        piecewise-constant forcing). The forward solve steps to just before each
+        and resumes just after it (diffrax's `jump_ts`), and a continuous
+        adjoint's backward pass does the same, so no step straddles one: fewer
+        rejected steps, and a gradient as accurate as elsewhere. Default: the
+        sample times of every `jaxsens.Control` in `args` or in the field
+        (adaptive solvers only); pass `jump_ts=[]` to step past them freely.
+        Adaptive solvers only; the times are not differentiated.
+        `LinearExpm`/`KrylovExpm` take no time steps and ignore them.
+    - `running_cost`: `g(t, y, args) -> scalar`; then `sol.cost = ∫ g(t, y(t),
+        args) dt` from `t0` to `ts[-1]` (to the event time with `event=`),
+        differentiable by every time-stepping method. It is integrated with the
+        state (a state `(y, c)`); the error control takes the larger of `y`'s and
+        `c`'s errors, so `y` is never solved less accurately than without it
+        (a few more steps when `c` needs them). Not with `LinearExpm`/`KrylovExpm`.
 
     **Returns:** a [`jaxsens.Solution`][] with `ys` (structured like `y0`, leading
-    axis `len(ts)`), `ts`, `stats`, `result` and the `sensitivity` used.
+    axis `len(ts)`), `ts`, `stats`, `result`, the `sensitivity` used, and `cost`
+    with `running_cost`.
 
     **Example:**
 
@@ -246,19 +362,45 @@ def solve(
                            "`dt0` must be positive (the first step size, forwards "
                            "in time). Leave it out to have it chosen automatically.")
 
+    jump_ts = _jump_times(jump_ts, field, args, solver, dtype)
     options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times,
-                           y0_traced)
-    method = sensitivity
-    if isinstance(method, Auto):
-        method = method.choose(field, y0, ts, args, solver=solver, y0_traced=y0_traced)
+                           y0_traced, jump_ts=jump_ts)
     if event is not None:
         check_event(event, field, y0, ts, args, options)
+    if running_cost is not None:
+        _check_running_cost(running_cost, t0, y0, args)
+        field = _WithCost(field, running_cost)
+        y0 = (y0, jnp.zeros((), dtype))
+        options = dataclasses.replace(options, running_cost=True)
+        event = None if event is None else _on_state(event)
+    method = sensitivity.chosen(field, y0, ts, args, options)
+    if running_cost is not None and isinstance(method, (LinearExpm, KrylovExpm)):
+        raise ValueError(
+            f"`running_cost` with `sensitivity={type(method).__name__}()`: the cost "
+            "is integrated with the state, which only a time-stepping method does "
+            "(`LinearExpm`/`KrylovExpm` solve `y' = A y + b` exactly). Use "
+            "`Discrete()`, `Forward()`, `BacksolveAdjoint()`, "
+            "`InterpolatingAdjoint()`, `QuadratureAdjoint()`, `GaussAdjoint()` or "
+            "`Auto()`."
+        )
+
+    def split(ys, state=None):
+        """`(ys, state, cost)` of the user's state from the `(y, c)` one."""
+        if running_cost is None:
+            return ys, state, None
+        if state is None:
+            return ys[0], None, ys[1][-1]
+        return ys[0], state[0], state[1]
+
+    if event is not None:
         out = solve_with_event(method, field, y0, ts, args, options, event)
-        return Solution(ts=ts, ys=out.ys, stats=out.stats, result=out.result,
+        ys, event_state, cost = split(out.ys, out.event_state)
+        return Solution(ts=ts, ys=ys, stats=out.stats, result=out.result,
                         sensitivity=method, event_time=out.event_time,
-                        event_state=out.event_state, event_happened=out.event_happened)
+                        event_state=event_state, event_happened=out.event_happened,
+                        cost=cost)
     # Each method checks its failures where its derivative is computed, too.
     ys, stats, result = method.solve(field, y0, ts, args, options)
-    return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method)
-
-
+    ys, _, cost = split(ys)
+    return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method,
+                    cost=cost)

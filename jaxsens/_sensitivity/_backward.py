@@ -253,7 +253,12 @@ class BackwardPass(eqx.Module):
         return -self.problem.options.t0
 
     def stops(self, data: DenseData | None) -> Stops:
-        return Stops.of(-self.problem.ts[:-1][::-1], None if data is None else data.stops())
+        """The save times (λ's jumps), the forward steps of `data` (plain stops)
+        and the field's `jump_ts` (kinks), all as reversed times `s = -t`."""
+        jump_ts = self.problem.options.jump_ts
+        kinks = None if jump_ts is None else -jump_ts
+        return Stops.of(-self.problem.ts[:-1][::-1],
+                        None if data is None else data.stops(), kinks)
 
     def cotangent(self, j):
         return jtu.tree_map(lambda c: c[self.num_saves - 2 - j], self.ys_bar)
@@ -275,6 +280,15 @@ class BackwardPass(eqx.Module):
         return AdjointState(lam_y, dy, mu)
 
     def norm(self, z: AdjointState):
+        if self.problem.options.running_cost:
+            # State `(y, c)`: the parts by `y` and by the cost, each by its RMS
+            # (as the forward solve's `cost_norm`), so the cost's constant
+            # adjoint does not dilute `λ`'s error.
+            def part(i):
+                return (z.lam[i], None if z.y is None else z.y[i])
+
+            main = part(0) if self.seminorm else (part(0), z.mu)
+            return jnp.maximum(rms_norm(main), rms_norm(part(1)))
         if self.seminorm:
             return rms_norm((z.lam, z.y))
         return rms_norm(z)

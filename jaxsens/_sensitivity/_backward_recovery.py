@@ -14,7 +14,7 @@ from jaxtyping import Array, PyTree
 from .._solution import RESULTS
 from ._backward import AbstractRecovery, DenseData, _count
 from ._loop import FlatState, LoopField, Stops, _where, backward_loop, dense_info_like, rms_norm
-from .base import Problem, diffrax_result, diffrax_solve, stats_of
+from .base import Problem, diffrax_result, diffrax_solve, state_norm, stats_of
 
 
 def _plain_forward(problem: Problem):
@@ -187,10 +187,12 @@ def _resolve(problem: Problem, y_a, a, b, steps: int):
         ts = ts.at[k + 1].set(jnp.where(keep, t_b, jnp.inf))
         return ts, infos, k + keep.astype(k.dtype)
 
+    # Forwards in time: the field's `jump_ts` are kinks as they are.
     out = backward_loop(
         LoopField(vf=vf, on_step=on_step), y_a, a, b,
-        Stops.of(jnp.zeros((0,), dtype)), solver=opts.solver, rtol=opts.rtol,
-        atol=opts.atol, norm=rms_norm, max_steps=steps, dt0=opts.dt0,
+        Stops.of(jnp.zeros((0,), dtype), kinks=opts.jump_ts), solver=opts.solver,
+        rtol=opts.rtol, atol=opts.atol, norm=state_norm(opts) or rms_norm,
+        max_steps=steps, dt0=opts.dt0,
         carry0=(ts0, infos0, jnp.array(0, jnp.int32)),
     )
     _count("resolve_steps", out.num_steps)

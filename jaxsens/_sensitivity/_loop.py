@@ -77,21 +77,38 @@ class Stops(eqx.Module):
     """Where the backward loop lands exactly, ascending in reversed time `s`.
 
     - `jumps`: the save times (λ jumps by their cotangent; later also event
-        times and `jump_ts`), padded with one `+inf`.
-    - `plain`: stops with nothing applied, e.g. the forward solve's step times
-        (those `≤ s0` are skipped), padded with one `+inf`.
+        times), padded with one `+inf`.
+    - `plain`: stops with nothing applied, counted (the count `k` selects the
+        forward solve's polynomial piece): the forward solve's step times (those
+        `≤ s0` are skipped), padded with one `+inf`.
+    - `kinks`: the field's discontinuities (`jump_ts`), padded with one `+inf`:
+        stepped to one ulp before, then resumed one ulp past (as diffrax does
+        forwards), so that no stage evaluates the field at the discontinuity.
+        Not counted: duplicates, and kinks equal to another stop or to `s0`, are
+        harmless.
     """
 
     jumps: Array
     plain: Array
     num_jumps: int = eqx.field(static=True)
+    kinks: Array | None = None
 
     @classmethod
-    def of(cls, jump_times: Array, plain: Array | None = None) -> "Stops":
+    def of(cls, jump_times: Array, plain: Array | None = None,
+           kinks: Array | None = None) -> "Stops":
         dtype = jump_times.dtype
         inf = jnp.array([jnp.inf], dtype)
         plain = inf if plain is None else jnp.concatenate([plain.astype(dtype), inf])
-        return cls(jnp.concatenate([jump_times, inf]), plain, jump_times.shape[0])
+        if kinks is not None:
+            kinks = jnp.concatenate([jnp.sort(kinks.astype(dtype)), inf])
+        return cls(jnp.concatenate([jump_times, inf]), plain, jump_times.shape[0],
+                   kinks)
+
+    def next_kink(self, s) -> Array:
+        """The first kink strictly after `s` (`+inf` if none)."""
+        if self.kinks is None:
+            return jnp.array(jnp.inf, jnp.result_type(s))
+        return self.kinks[jnp.searchsorted(self.kinks, s, side="right")]
 
 
 class LoopState(eqx.Module):
@@ -161,7 +178,10 @@ def backward_loop(
     equal: nothing is done).
 
     Steps are clipped to land exactly on each of `stops.jumps[j]` for `j` from
-    `jump_index` on; on arrival `(z, carry) = field.jump(z, carry, j)`. After every
+    `jump_index` on; on arrival `(z, carry) = field.jump(z, carry, j)`. Steps are
+    clipped to one ulp before each of `stops.kinks` too, and the next one starts
+    one ulp past it (unless another stop is that close) with the field
+    re-evaluated. After every
     step, accepted or not, `carry = field.on_step(carry, s_a, s_b, z_a, z_b,
     dense_info, aux, keep)`; it must itself discard a step with `keep` false (e.g.
     write a store's next slot but advance its counter only if `keep`), so that a
@@ -177,6 +197,7 @@ def backward_loop(
     see `z` as a PyTree like `z0`, except `dense_info`, which is the flat state's.
     """
     dtype = jnp.result_type(s0)
+    inf = jnp.asarray(jnp.inf, dtype)
     jumps, plain = stops.jumps, stops.plain
     num_jumps = stops.num_jumps
     k0 = jnp.searchsorted(plain, s0, side="right").astype(jnp.int32)
@@ -204,8 +225,14 @@ def backward_loop(
 
     def body(st: LoopState) -> LoopState:
         s, j, k = st.s, st.jump, st.stop
+        # The next kink is stepped to one ulp before it (as diffrax's `jump_ts`
+        # forwards: no stage evaluates the field at the discontinuity), or to it
+        # if already there.
+        kink = stops.next_kink(s)
+        before = jnp.nextafter(kink, -inf)
+        kink_stop = jnp.where(before > s, before, kink)
         next_stop = jnp.minimum(jnp.minimum(jumps[j], plain[k]), s_end)
-        s1 = jnp.minimum(st.s_next, next_stop)
+        s1 = jnp.minimum(st.s_next, jnp.minimum(next_stop, kink_stop))
         aux = aux_of(s, s1, k)
         z1, zerr, dense, sstate1, sres = solver.step(
             term, s, s1, st.z, aux, st.solver_state, st.made_jump
@@ -238,6 +265,14 @@ def backward_loop(
         clipped = keep & (s1 < st.s_next)
         dt_next = jnp.where(clipped, jnp.maximum(dt_next, st.s_next - s), dt_next)
         s_new = jnp.where(keep, s1, s)
+        j_new = j + hit.astype(j.dtype)
+        k_new = k + (keep & (s1 >= plain[k])).astype(k.dtype)
+        # Then on from one ulp past it, unless another stop comes first (a save
+        # time at the kink is applied on the way).
+        at_kink = keep & ((s1 == before) | (s1 == kink))
+        past = jnp.nextafter(kink, inf)
+        following = jnp.minimum(jnp.minimum(jumps[j_new], plain[k_new]), s_end)
+        s_new = jnp.where(at_kink & (past < following), past, s_new)
         # A failed implicit step is retried smaller by the controller; only a step
         # that fails at the smallest representable size is fatal.
         result = RESULTS.where(
@@ -251,11 +286,12 @@ def backward_loop(
             z=z_new,
             solver_state=_where(keep, sstate1, st.solver_state),
             controller_state=cstate1,
-            jump=j + hit.astype(j.dtype),
-            stop=k + (keep & (s1 >= plain[k])).astype(k.dtype),
-            # After a jump the solver's FSAL value is stale until a step from the
-            # new state is accepted: a rejected retry must not reuse it.
-            made_jump=hit | (st.made_jump & ~keep),
+            jump=j_new,
+            stop=k_new,
+            # After a jump (or a kink) the solver's FSAL value is stale until a
+            # step from the new state is accepted: a rejected retry must not
+            # reuse it.
+            made_jump=hit | at_kink | (st.made_jump & ~keep),
             carry=carry,
             num_steps=st.num_steps + 1,
             num_accepted=st.num_accepted + keep.astype(jnp.int32),

@@ -35,7 +35,11 @@ class SolveOptions(eqx.Module):
     method may then decide things about the grid in Python instead of tracing
     both branches of a `lax.cond` (`LinearExpm`: uniform or not). `y0_traced`:
     whether `y0` was a JAX tracer when `solve` was called (so whether it may be
-    differentiated; `Auto` counts it then).
+    differentiated; `Auto` counts it then). `jump_ts`: sorted times at which the
+    field is discontinuous, which every solve steps exactly to (forward and
+    backward), or `None`. `running_cost`: the state is `(y, c)` with `c` the
+    running cost's integral (`jaxsens.solve(..., running_cost=g)`); error norms
+    then take the larger of the two parts' RMS (`state_norm`).
     """
 
     t0: Array | None
@@ -49,6 +53,8 @@ class SolveOptions(eqx.Module):
         static=True, default=None
     )
     y0_traced: bool = eqx.field(static=True, default=False)
+    jump_ts: Array | None = None
+    running_cost: bool = eqx.field(static=True, default=False)
 
     def at(self, t0) -> "SolveOptions":
         """These settings with the start time `t0` (a method's custom rule takes
@@ -91,13 +97,56 @@ class AbstractSensitivity(eqx.Module):
     ) -> tuple[PyTree[Array], dict[str, Array], Array]:
         """Returns `(ys, stats, result)` with `ys` differentiable by this method."""
 
+    def chosen(
+        self, field, y0, ts, args, options: SolveOptions
+    ) -> "AbstractSensitivity":
+        """The method `jaxsens.solve` runs for these arguments: this one (`Auto`
+        picks another)."""
+        del field, y0, ts, args, options
+        return self
 
-def make_controller(solver, rtol, atol, dt0, norm=None):
-    """diffrax's PID controller for adaptive solvers, constant steps otherwise."""
+
+def _rms(tree) -> Array:
+    leaves = [jnp.ravel(x) for x in jtu.tree_leaves(tree)]
+    if not leaves:
+        return jnp.array(0.0)
+    return jnp.sqrt(jnp.mean(jnp.abs(jnp.concatenate(leaves)) ** 2))
+
+
+def cost_norm(tree) -> Array:
+    """The error norm of a state `(y, c)` carrying a running cost's integral `c`:
+    the larger of the two parts' RMS. Never smaller than the RMS over `y` alone,
+    so `y`'s steps are controlled at least as tightly as without the cost (an RMS
+    over both would dilute `y`'s error by the extra entry)."""
+    y, c = tree
+    return jnp.maximum(_rms(y), _rms(c))
+
+
+def state_norm(options: SolveOptions):
+    """The forward solve's error norm for `options`' state: `cost_norm` when it
+    carries a running cost, else `None` (diffrax's RMS over the state)."""
+    return cost_norm if options.running_cost else None
+
+
+def make_controller(solver, rtol, atol, dt0, norm=None, jump_ts=None):
+    """diffrax's PID controller for adaptive solvers, constant steps otherwise.
+
+    `jump_ts` (sorted, or `None`): diffrax steps to just before and resumes just
+    after each of them (`PIDController(jump_ts=...)` is diffrax's
+    `ClipStepSizeController` around the PID controller), re-evaluating the field
+    there."""
     if isinstance(solver, dfx.AbstractAdaptiveSolver):
-        if norm is None:
-            return dfx.PIDController(rtol=rtol, atol=atol)
-        return dfx.PIDController(rtol=rtol, atol=atol, norm=norm)
+        kwargs = {} if norm is None else {"norm": norm}
+        if jump_ts is not None:
+            kwargs["jump_ts"] = jump_ts
+        return dfx.PIDController(rtol=rtol, atol=atol, **kwargs)
+    if jump_ts is not None:
+        raise ValueError(
+            f"`jump_ts`: `solver={type(solver).__name__}()` has no error estimate, "
+            "so it takes constant steps of `dt0` and cannot step to given times. "
+            "Use an adaptive solver such as `diffrax.Tsit5()`, or leave `jump_ts` "
+            "out (pass `jump_ts=[]` to skip a `jaxsens.Control`'s knots)."
+        )
     if dt0 is None:
         raise ValueError(
             f"`solver={type(solver).__name__}()` has no error estimate, so it takes "
@@ -123,6 +172,7 @@ def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None
             subs=[dfx.SubSaveAt(ts=ts), dfx.SubSaveAt(t1=True)], dense=dense
         )
     max_steps = options.max_steps if max_steps is None else max_steps
+    norm = state_norm(options) if norm is None else norm
     sol = dfx.diffeqsolve(
         dfx.ODETerm(field),
         options.solver,
@@ -133,7 +183,8 @@ def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None
         args=args,
         saveat=saveat,
         stepsize_controller=make_controller(
-            options.solver, options.rtol, options.atol, options.dt0, norm
+            options.solver, options.rtol, options.atol, options.dt0, norm,
+            options.jump_ts,
         ),
         max_steps=max_steps,
         adjoint=adjoint,
@@ -330,9 +381,11 @@ class AbstractAdjoint(AbstractSensitivity):
         solver = opts.solver if self.solver is None else self.solver
         rtol = opts.rtol if self.rtol is None else self.rtol
         atol = opts.atol if self.atol is None else self.atol
-        # The backward pass stops at every save time and (interpolating methods)
-        # every forward step, on top of the steps λ itself needs.
-        default = 2 * opts.max_steps + int(problem.ts.shape[0])
+        # The backward pass stops at every save time, every jump time (twice:
+        # the jump and just past it) and (interpolating methods) every forward
+        # step, on top of the steps λ itself needs.
+        jumps = 0 if opts.jump_ts is None else 2 * int(opts.jump_ts.shape[0])
+        default = 2 * opts.max_steps + int(problem.ts.shape[0]) + jumps
         max_steps = default if self.max_steps is None else self.max_steps
         return solver, rtol, atol, max_steps
 

@@ -13,6 +13,7 @@ from .base import (
     as_arrays,
     as_problem,
     diffrax_solve,
+    state_norm,
     stats_of,
 )
 
@@ -211,8 +212,10 @@ def _sensitivity_solve(x, unravel, fixed, static, ts, options):
 
     # Error control on `y` alone, by the primal solve's norm (an RMS over every
     # element of y), so the steps are the primal's.
+    y_norm = state_norm(options) or rms_norm
     sol = diffrax_solve(augmented, (y0_flat, s0), ts, x, options,
-                        adjoint=dfx.ForwardMode(), norm=lambda err: rms_norm(err[0]))
+                        adjoint=dfx.ForwardMode(),
+                        norm=lambda err: y_norm(unravel_y(err[0])))
     y_flats, ss = sol.ys
     ys = jax.vmap(unravel_y)(y_flats)
     if options.throw:
