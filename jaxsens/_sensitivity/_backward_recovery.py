@@ -166,7 +166,7 @@ def _resolve(problem: Problem, y_a, a, b, steps: int):
 
     Driven by `backward_loop` (its time runs forward here; no jumps), which keeps
     each step's dense information in a buffer of `steps` entries. A second
-    `diffeqsolve` would do the same, but costs ~0.5 s more to compile.
+    `diffeqsolve` would do the same, but compiles a second adaptive loop.
     """
     opts = problem.options
     dtype = jnp.result_type(problem.ts)

@@ -4,9 +4,9 @@
 The loop runs in reversed time `s = -t`, drives a diffrax solver's `step` and a
 diffrax step-size controller directly, stops exactly at every jump time to apply that
 time's jump, and (optionally) hands each accepted step to a callback that
-accumulates a quadrature. One loop instead of one `diffeqsolve` per save interval is
-the difference between ~85 ms and ~1.3 s on the 100-control neural ODE
-(DESIGN.md, "Performance traps").
+accumulates a quadrature. One loop instead of one `diffeqsolve` per save interval
+keeps the backward pass's cost in its steps, not in the per-solve overhead of many
+short solves (figures: bench/RESULTS.md, "Design measurements").
 """
 
 from collections.abc import Callable
