@@ -32,17 +32,6 @@ def rms_norm(tree) -> Array:
     return jnp.sqrt(jnp.mean(jnp.abs(x) ** 2))
 
 
-def seminorm(select: Callable[[PyTree], PyTree]) -> Callable[[PyTree], Array]:
-    """An RMS norm over only the part of the state chosen by `select` (Kidger, Chen
-    & Lyons 2021, "Hey, that's not an ODE": the parameter adjoint μ is left out of
-    the backward error control)."""
-
-    def norm(tree):
-        return rms_norm(select(tree))
-
-    return norm
-
-
 class FlatState:
     """A PyTree state as ONE flat vector, for the backward loop.
 
