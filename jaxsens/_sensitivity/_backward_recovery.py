@@ -13,7 +13,15 @@ from jaxtyping import Array, PyTree
 
 from .._solution import RESULTS
 from ._backward import AbstractRecovery, DenseData, _count
-from ._loop import FlatState, LoopField, Stops, _where, backward_loop, dense_info_like, rms_norm
+from ._loop import (
+    FlatState,
+    LoopField,
+    Stops,
+    _where,
+    backward_loop,
+    dense_info_like,
+    rms_norm,
+)
 from .base import Problem, diffrax_result, diffrax_solve, max_abs, stats_of
 
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax.flatten_util import ravel_pytree
 
-from ._loop import rms_norm
 from .._solution import checked
+from ._loop import rms_norm
 from .base import (
     AbstractSensitivity,
     Problem,
