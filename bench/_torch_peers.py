@@ -5,8 +5,9 @@ same tolerances, dopri5.
 odeint_adjoint": fn}, torch_version)`, each `fn()` computing one gradient and
 returning it flattened in the order of `ravel_pytree` of the jaxsens parameters
 (so the suite's error column applies), or `({"_why": reason}, version)` for a
-problem not ported. seed 002's controls are one batched state (torchdiffeq's
-usual way: one step size shared by all controls), the jaxsens rows `jax.vmap`.
+problem not ported. The controlled MLP's controls are one batched state
+(torchdiffeq's usual way: one step size shared by all controls), the jaxsens rows
+`jax.vmap`.
 """
 
 import os
@@ -55,9 +56,9 @@ def build(name, pr):
         def loss(ys):
             return (ys**2).sum()
 
-    elif name in ("seed000_linear", "seed000_ude"):
+    elif name in ("linear_rates", "rates_ude"):
         data = T(np.asarray(pr.loss.__closure__[0].cell_contents))  # (n, T)
-        if name == "seed000_linear":
+        if name == "linear_rates":
             params = [T(pr.params).requires_grad_()]
         else:
             m = pr.params.mlp.layers
@@ -77,7 +78,7 @@ def build(name, pr):
         def loss(ys):
             return ((ys.T - data) ** 2).sum()
 
-    elif name.startswith("seed002_controls"):
+    elif name.startswith("controls"):
         layers = pr.params.mlp.layers
         params = [
             T(x).requires_grad_()

@@ -1,300 +1,311 @@
 """Where the continuous adjoints stand against discrete backprop.
 
-Table A: the dense field `f(t, y, W) = tanh(W y) − 0.1 y` (`W` n×n, p = n²),
-5 save times on [0, 1], loss `sum(ys²)`, gradient w.r.t. `W`; float64, Tsit5,
-rtol = atol = 1e-6; n = 16, 64, 256, 1024. Table B: seed 002 (282-parameter
-controlled MLP, float32, 100 controls, 100 save times), `jax.vmap` over the
-controls and one batched state (`jaxsens.batched_field`). Every variant is timed
-in the same process (warm median, compile separately), with diffrax's own
-adjoints as peers; ratios are to `Discrete`. Memory: XLA's temporary bytes of the
-compiled gradient, at 10³–10⁵ forward steps and at two `max_steps`.
+    python -m bench adjoints                       # tables dense, controls, memory
+    python -m bench adjoints --quick               # n = 16, 256; fewer rounds
+    python -m bench adjoints dense --n 16 --repeats 3   # the smallest run
 
-    python -m bench adjoints            # tables A, B, memory
-    python -m bench adjoints --quick    # n = 16, 256; fewer repeats
-    python -m bench.adjoints a          # one table: a, b or memory
+- `dense`: `y' = tanh(W y) − 0.1 y` (`bench/problems/core.py`, `W` n×n, p = n²),
+  5 save times on [0, 1], loss Σ y², gradient w.r.t. `W`; float64, Tsit5,
+  rtol = atol = 1e-6; n = 16, 64, 256, 1024. Peer: diffrax `BacksolveAdjoint`.
+- `controls`: the controlled MLP, 100 controls (`bench/problems/controls.py`:
+  n = 2, 282 parameters, float32, 100 save times), under `jax.vmap` over the
+  controls and as one batched state (`jaxsens.batched_field`). Peer: diffrax
+  `RecursiveCheckpointAdjoint` (RCA) under `jax.vmap`.
+- `memory`: XLA's temporary bytes of the dense field's compiled gradient at
+  n = 64, the field made faster (`20 W`) so the forward solve takes 10³–10⁵
+  steps, at two `max_steps`.
+
+Each row runs in a fresh subprocess (`bench/_child.py`) holding every method,
+compiled one after the other (first call = trace + compile + one run), then
+timed round-robin (`--repeats` rounds); ratios are to `Discrete` in the same
+row. Writes `bench/results/adjoints.md` and `adjoints.png` (dense: time ÷
+Discrete against n).
 """
 
 import argparse
-import datetime
-import pathlib
-import platform
-import sys
+import json
+import os
+import statistics
 
-import diffrax as dfx
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-import jax.random as jr
-import numpy as np
-
-import jaxsens
-from bench._timing import fmt_s, pinned, time_fn
-from bench.problems import controls as P
+from bench import _child
+from bench._common import ADJOINTS, RESULTS_DIR, command, meta_info, method, ms
 
 
-jax.config.update("jax_enable_x64", True)
-
-RESULTS_DIR = pathlib.Path(__file__).parent / "results"
-ADJOINTS = {
-    "Discrete": lambda: jaxsens.Discrete(),
-    "Backsolve": lambda: jaxsens.BacksolveAdjoint(),
-    "Interpolating": lambda: jaxsens.InterpolatingAdjoint(),
-    "Interp. (ckpt)": lambda: jaxsens.InterpolatingAdjoint(checkpoints=4),
-    "Gauss": lambda: jaxsens.GaussAdjoint(),
-    "Quadrature": lambda: jaxsens.QuadratureAdjoint(),
-}
+OUT = os.path.join(RESULTS_DIR, "adjoints.md")
+METHODS = ["Discrete", *ADJOINTS, "InterpolatingAdjoint(checkpoints=K)"]
+CHECKPOINTS = 4
+NS, QUICK_NS = (16, 64, 256, 1024), (16, 256)
+CONTROLS = 100
+# (t1, max_steps) of the memory table; t1 sets the forward solve's step count.
+MEMORY = ((1.0, 4096), (1.0, 8192), (100.0, 16384), (1000.0, 131072))
+TOL = dict(rtol=1e-6, atol=1e-6)
+TABLES = ["dense", "controls", "memory"]
 
 
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
+# --- child: one row ---------------------------------------------------------------
 
 
-# --- table A -------------------------------------------------------------------
+def _dense_grads(pr, names):
+    import diffrax as dfx
+    import jax
+    import jax.numpy as jnp
 
+    import jaxsens
 
-def dense_field(t, y, W):
-    return jnp.tanh(W @ y) - 0.1 * y
+    def ours(name):
+        sens = method(name, checkpoints=CHECKPOINTS)
 
+        def loss(W):
+            return pr.loss(jaxsens.solve(pr.field, pr.y0, pr.ts, W, **TOL,
+                                         max_steps=pr.max_steps, sensitivity=sens).ys)
+        return jax.grad(loss)
 
-def table_a_problem(n, seed=0):
-    kw, ky = jr.split(jr.key(seed))
-    W = jr.normal(kw, (n, n), jnp.float64) / np.sqrt(n)
-    y0 = jr.normal(ky, (n,), jnp.float64)
-    ts = jnp.linspace(0.0, 1.0, 5, dtype=jnp.float64)
-    return W, y0, ts
-
-
-def table_a_grads(y0, ts, max_steps=4096):
-    out = {}
-    for name, make in ADJOINTS.items():
-        def loss(W, method=make()):
-            return jnp.sum(jaxsens.solve(dense_field, y0, ts, W, rtol=1e-6, atol=1e-6,
-                                         max_steps=max_steps, sensitivity=method).ys ** 2)
-        out[name] = jax.jit(jax.grad(loss))
-
-    def diffrax_loss(W):
+    def diffrax_backsolve(W):
         sol = dfx.diffeqsolve(
-            dfx.ODETerm(dense_field), dfx.Tsit5(), ts[0], ts[-1], None, y0, args=W,
-            saveat=dfx.SaveAt(ts=ts),
-            stepsize_controller=dfx.PIDController(rtol=1e-6, atol=1e-6),
-            adjoint=dfx.BacksolveAdjoint(), max_steps=max_steps)
+            dfx.ODETerm(pr.field), dfx.Tsit5(), pr.ts[0], pr.ts[-1], None, pr.y0,
+            args=W, saveat=dfx.SaveAt(ts=pr.ts),
+            stepsize_controller=dfx.PIDController(**TOL),
+            adjoint=dfx.BacksolveAdjoint(), max_steps=pr.max_steps)
         return jnp.sum(sol.ys**2)
 
-    out["diffrax Backsolve"] = jax.jit(jax.grad(diffrax_loss))
+    fns = {name: ours(name) for name in names}
+    fns["diffrax BacksolveAdjoint"] = jax.grad(diffrax_backsolve)
+    return fns
+
+
+def _controls_grads(nc):
+    import diffrax as dfx
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    import jaxsens
+    from bench.problems import controls as P
+
+    ts, y0 = P.times(), P.y0()
+    params, static = eqx.partition(P.field(), eqx.is_inexact_array)
+
+    def loss_of(name, shared):
+        def loss(p, c):
+            f, sens = eqx.combine(p, static), method(name, checkpoints=CHECKPOINTS)
+            if shared:
+                zeros = jnp.zeros((nc, P.STATE), y0.dtype)
+                ys = jaxsens.solve(jaxsens.batched_field(f), zeros, ts, c, **TOL,
+                                   sensitivity=sens).ys
+            else:
+                ys = jax.vmap(lambda u: jaxsens.solve(f, y0, ts, u, **TOL,
+                                                      sensitivity=sens).ys)(c)
+            return jnp.sum(ys**2) / P.NT
+        return jax.grad(loss)
+
+    def rca_loss(p, c):
+        def one(u):
+            return dfx.diffeqsolve(
+                dfx.ODETerm(eqx.combine(p, static)), dfx.Tsit5(), ts[0], ts[-1], None,
+                y0, args=u, saveat=dfx.SaveAt(ts=ts),
+                stepsize_controller=dfx.PIDController(**TOL), max_steps=4096).ys
+        return jnp.sum(jax.vmap(one)(c) ** 2) / P.NT
+
+    fns = {"diffrax RCA, vmap": jax.grad(rca_loss)}
+    for name in METHODS:
+        fns[f"{name}, vmap"] = loss_of(name, shared=False)
+        fns[f"{name}, shared"] = loss_of(name, shared=True)
+    return fns, (params, P.controls(nc))
+
+
+def _memory_row(i):
+    import jax
+
+    import jaxsens
+    from bench.problems.core import dense_tanh
+
+    t1, max_steps = MEMORY[i]
+    pr = dense_tanh(64, t1=t1, scale=20.0, max_steps=max_steps)
+    sol = jaxsens.solve(pr.field, pr.y0, pr.ts, pr.args, **TOL, max_steps=max_steps)
+    row = {"t1": t1, "max_steps": max_steps, "steps": int(sol.stats["num_steps"])}
+    for name, fn in _dense_grads(pr, METHODS[1:]).items():
+        if "Backsolve" not in name:  # no forward store: nothing to size
+            compiled = jax.jit(fn).lower(pr.args).compile()
+            row[name] = compiled.memory_analysis().temp_size_in_bytes
+    return row
+
+
+def child(table, key, rounds, exclude):
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    from jax.flatten_util import ravel_pytree
+
+    from bench._timing import timed
+    from bench.problems.core import dense_tanh
+
+    if table == "memory":
+        _child.say(result=_memory_row(key))
+        return 0
+    if table == "dense":
+        pr = dense_tanh(key)
+        fns, args, ref_name = _dense_grads(pr, METHODS), (pr.args,), "Discrete"
+    else:
+        (fns, args), ref_name = _controls_grads(key), "diffrax RCA, vmap"
+    rows, grads, jitted = {}, {}, {}
+    for name, fn in fns.items():
+        if name in exclude:
+            rows[name] = {"skipped": exclude[name]}
+            continue
+        _child.say(start=name)
+        jitted[name] = jax.jit(fn)
+        try:
+            first, g = timed(jitted[name], *args)
+        except Exception as e:  # noqa: BLE001 - reported in the row, not fatal
+            rows[name] = {"error": _child.error_text(e)}
+            _child.say(failed=name)
+            continue
+        rows[name] = {"first": first, "times": []}
+        grads[name] = np.asarray(ravel_pytree(g)[0], np.float64)
+        _child.say(done=name)
+    _child.say(timing=True)
+    for _ in range(rounds):
+        for name in grads:
+            rows[name]["times"].append(timed(jitted[name], *args)[0])
+    ref = grads.get(ref_name)
+    for name in grads:
+        times = rows[name].pop("times")
+        rows[name]["warm"] = statistics.median(times)
+        if ref is not None:
+            err = np.linalg.norm(grads[name] - ref) / np.linalg.norm(ref)
+            rows[name]["rel"] = float(err)
+    result = {"table": table, "key": key, "rows": rows}
+    if table == "dense" and "GaussAdjoint" in grads:
+        from jaxsens._sensitivity._backward import backward_stats
+
+        result["gauss"] = backward_stats(fns["GaussAdjoint"], *args)
+    _child.say(result=result)
+    return 0
+
+
+# --- parent: tables ---------------------------------------------------------------
+
+
+def _cell(row, ref):
+    if "warm" not in row:
+        return row.get("skipped") or row.get("error", "—")[:60]
+    cell = f"{ms(row['warm'])} ({row['warm'] / ref:.2f}×) · {row['first']:.1f} s"
+    return cell + (f" · {row['rel']:.0e}" if "rel" in row else "")
+
+
+def _ref(rows, name):  # a method's warm median, NaN where it did not run
+    return rows.get(name, {}).get("warm", float("nan"))
+
+
+def dense_md(results):
+    names = list(results[0]["rows"])
+    out = ["| n | " + " | ".join(names) + " |", "| ---: |" + " ---: |" * len(names)]
+    for r in results:
+        d = _ref(r["rows"], "Discrete")
+        cells = " | ".join(_cell(r["rows"][k], d) for k in names)
+        out.append(f"| {r['key']} | {cells} |")
+    out += ["", "GaussAdjoint's backward pass: " + "; ".join(
+        f"n = {r['key']}: {r.get('gauss')}" for r in results)]
     return out
 
 
-def table_a(ns, repeats):
-    rows = []
-    for n in ns:
-        W, y0, ts = table_a_problem(n)
-        fns = table_a_grads(y0, ts)
-        row = {"n": n}
-        ref = None
-        for name, fn in fns.items():
-            log(f"  A n={n} {name} …")
-            comp, med, _ = time_fn(fn, W, repeats=repeats, min_time=10.0)
-            g = np.asarray(fn(W))
-            if ref is None:
-                ref = g
-            err = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
-            row[name] = (med, comp - med, err)
-        row["stats"] = gauss_stats(fns["Gauss"], W)
-        rows.append(row)
-        log(f"  A n={n}: " + ", ".join(
-            f"{k} {fmt_s(v[0])}" for k, v in row.items() if isinstance(v, tuple)))
-    return rows
-
-
-def gauss_stats(fn, *args):
-    try:
-        from jaxsens._sensitivity._backward import backward_stats
-    except ImportError:
-        return None
-    return backward_stats(fn, *args)
-
-
-def table_a_md(cmd, rows):
-    names = [k for k in rows[0] if isinstance(rows[0][k], tuple)]
-    out = [f"`{cmd}`", "", "Warm median (× Discrete) · compile s · rel. diff to Discrete", "",
-           "| n | " + " | ".join(names) + " |", "| ---: |" + " ---: |" * len(names)]
-    for r in rows:
-        d = r["Discrete"][0]
-        cells = [f"{fmt_s(r[k][0])} ({r[k][0] / d:.2f}×) · {r[k][1]:.1f} s · {r[k][2]:.0e}"
-                 for k in names]
-        out.append(f"| {r['n']} | " + " | ".join(cells) + " |")
-    out += ["", "Gauss backward pass: " + "; ".join(
-        f"n={r['n']}: {r['stats']}" for r in rows), ""]
-    return "\n".join(out)
-
-
-# --- table B -------------------------------------------------------------------
-
-
-def table_b_grads(nc):
-    field = P.field()
-    ts = P.times()
-    y0 = P.y0()
-    controls = P.controls(nc)
-    params, static = eqx.partition(field, eqx.is_inexact_array)
-    tol = dict(rtol=1e-6, atol=1e-6)
-
-    def vmap_loss(method):
-        def loss(p, c):
-            f = eqx.combine(p, static)
-            ys = jax.vmap(lambda u: jaxsens.solve(f, y0, ts, u, **tol,
-                                                  sensitivity=method).ys)(c)
-            return jnp.sum(ys**2) / P.NT
-        return loss
-
-    def shared_loss(method):
-        def loss(p, c):
-            f = jaxsens.batched_field(eqx.combine(p, static))
-            ys = jaxsens.solve(f, jnp.zeros((nc, P.STATE), y0.dtype), ts, c, **tol,
-                               sensitivity=method).ys
-            return jnp.sum(ys**2) / P.NT
-        return loss
-
-    def rca_loss(p, c):
-        f = eqx.combine(p, static)
-
-        def one(u):
-            return dfx.diffeqsolve(
-                dfx.ODETerm(f), dfx.Tsit5(), ts[0], ts[-1], None, y0, args=u,
-                saveat=dfx.SaveAt(ts=ts), stepsize_controller=dfx.PIDController(**tol),
-                max_steps=4096).ys
-        return jnp.sum(jax.vmap(one)(c) ** 2) / P.NT
-
-    fns = {"diffrax RCA, vmap": jax.jit(jax.grad(rca_loss))}
-    for name, make in ADJOINTS.items():
-        fns[f"{name}, vmap"] = jax.jit(jax.grad(vmap_loss(make())))
-        fns[f"{name}, shared"] = jax.jit(jax.grad(shared_loss(make())))
-    return params, controls, fns
-
-
-def table_b(repeats, nc=100):
-    params, controls, fns = table_b_grads(nc)
-    res = {}
-    ref = None
-    for name, fn in fns.items():
-        log(f"  B {name} …")
-        comp, med, _ = time_fn(fn, params, controls, repeats=repeats, min_time=10.0)
-        g = jax.flatten_util.ravel_pytree(fn(params, controls))[0]
-        if ref is None:
-            ref = g
-        res[name] = (med, comp - med, float(jnp.linalg.norm(g - ref) / jnp.linalg.norm(ref)))
-        log(f"  B {name}: {fmt_s(med)}")
-    return res
-
-
-def table_b_md(cmd, res):
-    out = [f"`{cmd}`", "", "Warm median (× jaxsens Discrete of the same row) · compile s · "
-           "rel. diff to diffrax RCA (float32)", "",
-           "| | diffrax RCA (vmapped) | " + " | ".join(ADJOINTS) + " |",
-           "| --- |" + " ---: |" * (len(ADJOINTS) + 1)]
-    rca = res["diffrax RCA, vmap"]
-    for kind in ("vmap", "shared"):
-        d = res[f"Discrete, {kind}"][0]
-        cells = [f"{fmt_s(rca[0])} ({rca[0] / d:.2f}×)"]
-        cells += [f"{fmt_s(res[f'{k}, {kind}'][0])} ({res[f'{k}, {kind}'][0] / d:.2f}×) · "
-                  f"{res[f'{k}, {kind}'][1]:.1f} s · {res[f'{k}, {kind}'][2]:.0e}"
-                  for k in ADJOINTS]
-        label = "`jax.vmap` over controls" if kind == "vmap" else "one batched state"
+def controls_md(res):
+    rows = res["rows"]
+    out = ["| | diffrax RCA (vmapped) | " + " | ".join(METHODS) + " |",
+           "| --- |" + " ---: |" * (len(METHODS) + 1)]
+    for kind, label in (("vmap", "`jax.vmap` over controls"),
+                        ("shared", "one batched state")):
+        d = _ref(rows, f"Discrete, {kind}")
+        cells = [_cell(rows["diffrax RCA, vmap"], d)]
+        cells += [_cell(rows[f"{m}, {kind}"], d) for m in METHODS]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+    return out
 
 
-# --- memory --------------------------------------------------------------------
-
-
-def temp_bytes(fn, *args):
-    return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
-
-
-def memory(n=64):
-    """Temporaries of the table-A gradient with the horizon stretched so the
-    forward solve takes ~10³–10⁵ steps (the field made fast by a large `W`), and
-    with `max_steps` doubled."""
-    rows = []
-    W, y0, _ = table_a_problem(n)
-    for t1, ms in ((1.0, 4096), (1.0, 8192), (100.0, 16384), (1000.0, 131072)):
-        ts = jnp.linspace(0.0, t1, 5, dtype=jnp.float64)
-        row = {"t1": t1, "max_steps": ms}
-        sol = jaxsens.solve(dense_field, y0, ts, W * 20, rtol=1e-6, atol=1e-6,
-                            max_steps=ms, sensitivity=jaxsens.Discrete())
-        row["steps"] = int(sol.stats["num_steps"])
-        for name, fn in table_a_grads(y0, ts, max_steps=ms).items():
-            if name in ("Discrete", "diffrax Backsolve", "Backsolve"):
-                continue
-            row[name] = temp_bytes(fn, W * 20)
-        log(f"  memory {row}")
-        rows.append(row)
-    return rows
-
-
-def memory_md(cmd, rows):
-    names = [k for k in rows[0] if k not in ("t1", "max_steps", "steps")]
-    out = [f"`{cmd}`", "", "XLA temporaries of the compiled gradient (MB), n = 64",
-           "", "| forward steps | max_steps | " + " | ".join(names) + " |",
+def memory_md(results):
+    names = [k for k in results[0] if k not in ("t1", "max_steps", "steps")]
+    out = ["| forward steps | max_steps | " + " | ".join(names) + " |",
            "| ---: | ---: |" + " ---: |" * len(names)]
-    for r in rows:
+    for r in results:
         out.append(f"| {r['steps']} | {r['max_steps']} | "
                    + " | ".join(f"{r[k] / 1e6:.1f}" for k in names) + " |")
-    return "\n".join(out) + "\n"
+    return out
 
 
-def plot(rows, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
-    ns = [r["n"] for r in rows]
-    for name in rows[0]:
-        if isinstance(rows[0][name], tuple) and name != "Discrete":
-            ax.plot(ns, [r[name][0] / r["Discrete"][0] for r in rows], "o-", label=name)
+    ns = [r["key"] for r in results]
+    for name in results[0]["rows"]:
+        if name != "Discrete":
+            ratios = [_ref(r["rows"], name) / _ref(r["rows"], "Discrete")
+                      for r in results]
+            ax.plot(ns, ratios, "o-", label=name)
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.axhline(2.0, color="k", lw=0.8, ls="--")
-    ax.set(xscale="log", yscale="log", xlabel="n (p = n²)", ylabel="time / Discrete",
+    ax.set(xscale="log", yscale="log", xlabel="n (p = n²)", ylabel="time ÷ Discrete",
            title="dense field tanh(W y) − 0.1 y, 5 save times")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench adjoints", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tables", nargs="*", default=["a", "b", "memory"])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "adjoints.md"))
-    args = parser.parse_args(argv)
-    cmd = pinned("python -m bench adjoints " + " ".join(argv if argv is not None
-                                                        else sys.argv[1:]))
-    repeats = 5 if args.quick else 15
-    head = [f"# Continuous adjoints against `Discrete`", "",
-            f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
-            f"{platform.processor() or platform.machine()}, jax {jax.__version__}, "
-            f"diffrax {dfx.__version__ if hasattr(dfx, '__version__') else '?'}", ""]
-    parts = []
-    if "a" in args.tables:
-        log("table A")
-        rows = table_a([16, 256] if args.quick else [16, 64, 256, 1024], repeats)
-        parts += ["## A. Dense field", "", table_a_md(cmd, rows)]
-        plot(rows, pathlib.Path(args.out).with_suffix(".png"))
-    if "b" in args.tables:
-        log("table B")
-        parts += ["## B. Seed 002, 100 controls", "", table_b_md(cmd, table_b(repeats))]
-    if "memory" in args.tables:
-        log("memory")
-        parts += ["## Memory", "", memory_md(cmd, memory())]
-    text = "\n".join(head + parts)
-    pathlib.Path(args.out).write_text(text)
-    print(text)
-    return 0
+def main(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench adjoints", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("tables", nargs="*", default=TABLES, metavar="TABLE",
+                    help="dense, controls or memory (default: all three)")
+    ap.add_argument("--quick", action="store_true", help="n = 16, 256; 5 rounds")
+    ap.add_argument("--n", type=int, nargs="+", help="the dense table's state sizes")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--child", nargs=2)
+    ap.add_argument("--exclude", default="{}")
+    a = ap.parse_args(argv)
+    if unknown := set(a.tables) - set(TABLES):
+        ap.error(f"unknown tables {sorted(unknown)}; known: {', '.join(TABLES)}")
+    if a.child:
+        table, key = a.child
+        return child(table, int(key), a.repeats or 15, json.loads(a.exclude))
+    meta = meta_info(command("adjoints", argv))
+    rounds = a.repeats or (5 if a.quick else 15)
 
+    failed = []
 
-if __name__ == "__main__":
-    sys.exit(main())
+    def rows(table, keys):
+        res = [_child.run("adjoints", [table, k], rounds=rounds, timeout=a.timeout,
+                          log=print) for k in keys]
+        failed.extend(f"- {table} {k}: {r['error']}"
+                      for k, r in zip(keys, res, strict=True) if "error" in r)
+        return [r for r in res if "error" not in r]
+
+    parts = [
+        "# Continuous adjoints against `Discrete`", "",
+        f"Made by `{meta['cmd']}` on {meta['date']} (load average {meta['load']} at "
+        f"start); jaxsens {meta['jaxsens']}; {meta['machine']}; {meta['versions']}; "
+        f"XLA:CPU small-loop limit: {meta['xla']}. Problems, methods and timing: the "
+        f"docstring of `bench/adjoints.py`; K = {CHECKPOINTS}. A cell is warm median "
+        "(× `Discrete` of the row) · first call (trace + compile + run) · relative "
+        "difference of the gradient from the row's reference.", ""]
+    ns = a.n or (QUICK_NS if a.quick else NS)
+    if "dense" in a.tables and (res := rows("dense", ns)):
+        parts += ["## Dense field (reference: `Discrete`)", "", *dense_md(res), "",
+                  "![time ÷ Discrete](adjoints.png)", ""]
+        plot(res, os.path.splitext(a.out)[0] + ".png")
+    if "controls" in a.tables and (res := rows("controls", [CONTROLS])):
+        parts += [f"## Controlled MLP, {CONTROLS} controls, float32 (reference: "
+                  "diffrax RCA)", "", *controls_md(res[0]), ""]
+    if "memory" in a.tables and (res := rows("memory", range(len(MEMORY)))):
+        parts += ["## Memory: XLA temporaries of the compiled gradient (MB), "
+                  "n = 64", "", *memory_md(res), ""]
+    if failed:
+        parts += ["## Rows that failed", "", *failed, ""]
+    with open(a.out, "w") as fh:
+        fh.write("\n".join(parts))
+    print("\n".join(parts))
+    return 1 if failed else 0

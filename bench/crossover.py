@@ -71,55 +71,19 @@ IMPLICIT_AUGMENTED_MAX = 500  # n + p above which AUGMENTED adjoints skip on Kva
 # (family, n, h). n + p from 4 to ~10^4 along the diagonal n ≈ h, plus points with
 # a large state and few parameters and with a small state and many parameters.
 GRID = {
-    "explicit": [
-        ("mlp", 1, 1),
-        ("mlp", 2, 2),
-        ("mlp", 4, 4),
-        ("mlp", 8, 4),
-        ("mlp", 8, 8),
-        ("mlp", 16, 8),
-        ("mlp", 16, 16),
-        ("mlp", 32, 16),
-        ("mlp", 32, 32),
-        ("mlp", 64, 32),
-        ("mlp", 64, 64),
-        ("mlp", 2, 32),
-        ("mlp", 2, 256),
-        ("mlp", 2, 2048),
-        ("mlp", 256, 1),
-        ("mlp", 1024, 1),
-        ("mlp", 4096, 1),
-        ("few", 16, 0),
-        ("few", 256, 0),
-        ("few", 4096, 0),
-    ],
-    "stiff": [
-        ("stiff", 1, 1),
-        ("stiff", 2, 2),
-        ("stiff", 4, 4),
-        ("stiff", 8, 4),
-        ("stiff", 8, 8),
-        ("stiff", 16, 8),
-        ("stiff", 16, 16),
-        ("stiff", 32, 16),
-        ("stiff", 32, 32),
-        ("stiff", 64, 32),
-        ("stiff", 64, 64),
-        ("stiff", 2, 256),
-        ("stiff", 2, 2048),
-        ("stiff", 256, 1),
-    ],
+    "explicit": [("mlp", n, h) for n, h in (
+        (1, 1), (2, 2), (4, 4), (8, 4), (8, 8), (16, 8), (16, 16), (32, 16), (32, 32),
+        (64, 32), (64, 64), (2, 32), (2, 256), (2, 2048), (256, 1), (1024, 1),
+        (4096, 1))] + [("few", n, 0) for n in (16, 256, 4096)],
+    "stiff": [("stiff", n, h) for n, h in (
+        (1, 1), (2, 2), (4, 4), (8, 4), (8, 8), (16, 8), (16, 16), (32, 16), (32, 32),
+        (64, 32), (64, 64), (2, 256), (2, 2048), (256, 1))],
+    "explicit_t10": [("mlp_t10", n, n) for n in (1, 2, 4, 8, 16, 32, 64)],
 }
-GRID["explicit_t10"] = [("mlp_t10", n, n) for n in (1, 2, 4, 8, 16, 32, 64)]
 QUICK = {
-    "explicit": [
-        ("mlp", 1, 1),
-        ("mlp", 4, 4),
-        ("mlp", 16, 8),
-        ("mlp", 32, 32),
-        ("mlp", 64, 64),
-    ],
-    "stiff": [("stiff", 1, 1), ("stiff", 4, 4), ("stiff", 16, 8), ("stiff", 32, 32)],
+    "explicit": [("mlp", n, h)
+                 for n, h in ((1, 1), (4, 4), (16, 8), (32, 32), (64, 64))],
+    "stiff": [("stiff", n, h) for n, h in ((1, 1), (4, 4), (16, 8), (32, 32))],
 }
 
 
@@ -131,13 +95,13 @@ def child(family, n, h, rounds, exclude):
 
     jax.config.update("jax_enable_x64", True)
     import diffrax as dfx
-    import jax.numpy as jnp
     import numpy as np
     from jax.flatten_util import ravel_pytree
 
     import jaxsens
     from bench.problems import crossover as cp
 
+    say = _child.say
     pr = cp.make(family, n, h)
     solver = dfx.Kvaerno5() if pr.stiff else dfx.Tsit5()
 
@@ -149,9 +113,6 @@ def child(family, n, h, rounds, exclude):
             return pr.loss(sol.ys)
 
         return jax.jit(jax.grad(loss))
-
-    def say(**kw):
-        print(json.dumps(kw), flush=True)
 
     # Forward steps of the primal solve (for the record).
     sol = jax.jit(
@@ -200,9 +161,7 @@ def child(family, n, h, rounds, exclude):
         try:
             first, g = timed(f, pr.params)
         except Exception as e:  # noqa: BLE001 - reported, not fatal
-            from bench._child import error_text
-
-            rows[name] = {"error": error_text(e)}
+            rows[name] = {"error": _child.error_text(e)}
             say(failed=name)
             continue
         probe = timed(f, pr.params)[0]
@@ -240,7 +199,6 @@ def child(family, n, h, rounds, exclude):
             "rows": rows,
         }
     )
-    del jnp
 
 
 # --- parent ---------------------------------------------------------------------
@@ -441,6 +399,12 @@ def markdown(data):
     return "\n".join(L) + "\n"
 
 
+def _warm_ms(points, m):
+    """`(n + p, warm ms)` of method `m` at the points where it ran."""
+    ran = [p for p in points if "warm" in p["rows"].get(m, {})]
+    return [p["n_plus_p"] for p in ran], [p["rows"][m]["warm"] * 1e3 for p in ran]
+
+
 def plot(data, tag=""):
     import matplotlib
 
@@ -460,43 +424,19 @@ def plot(data, tag=""):
         pts = [p for p in an[kind]["points"] if p["family"] != "few"]
         few = [p for p in an[kind]["points"] if p["family"] == "few"]
         for i, m in enumerate(METHODS):
-            xs = [p["n_plus_p"] for p in pts if "warm" in p["rows"].get(m, {})]
-            ys = [
-                p["rows"][m]["warm"] * 1e3
-                for p in pts
-                if "warm" in p["rows"].get(m, {})
-            ]
             style = dict(color=f"C{i}", lw=2.2 if m in ("Discrete", "Forward") else 1.2)
-            if xs:
-                ax.plot(xs, ys, "o", label=m, ms=4, **style)
-            xs = [p["n_plus_p"] for p in few if "warm" in p["rows"].get(m, {})]
-            ys = [
-                p["rows"][m]["warm"] * 1e3
-                for p in few
-                if "warm" in p["rows"].get(m, {})
-            ]
-            if xs:
-                ax.plot(xs, ys, "x", color=f"C{i}", ms=7)
+            if (xy := _warm_ms(pts, m))[0]:
+                ax.plot(*xy, "o", label=m, ms=4, **style)
+            if (xy := _warm_ms(few, m))[0]:
+                ax.plot(*xy, "x", color=f"C{i}", ms=7)
         # lines through the diagonal n ≈ h points only (a 1-D family)
         diag = sorted(
             [p for p in pts if p["n"] == p["h"] or p["h"] == p["n"] // 2],
             key=lambda p: p["n_plus_p"],
         )
         for i, m in enumerate(METHODS):
-            xs = [p["n_plus_p"] for p in diag if "warm" in p["rows"].get(m, {})]
-            ys = [
-                p["rows"][m]["warm"] * 1e3
-                for p in diag
-                if "warm" in p["rows"].get(m, {})
-            ]
-            ax.plot(
-                xs,
-                ys,
-                "-",
-                color=f"C{i}",
-                lw=2.2 if m in ("Discrete", "Forward") else 1.0,
-                alpha=0.8,
-            )
+            ax.plot(*_warm_ms(diag, m), "-", color=f"C{i}",
+                    lw=2.2 if m in ("Discrete", "Forward") else 1.0, alpha=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("n + p (state size + parameter count)")

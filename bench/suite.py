@@ -7,24 +7,24 @@
     python -m bench --xla-default suite        # XLA:CPU's default small-loop limit
                                                # -> results/suite_xla_default.json
 
-Problems: `bench.problems.registry()` (seed 000 linear and UDE, seed 002 with 1 and
-100 controls, Lotka–Volterra, Robertson (Kvaerno5), 2-D heat (n = 10^4), the
-long-horizon memory case). Each problem runs in a FRESH subprocess
-(`OPENBLAS_NUM_THREADS=1`) holding all its methods, jaxsens's (`_common.OURS`)
-and the peers' (`_common.PEERS`: diffrax `RecursiveCheckpointAdjoint` and
-`BacksolveAdjoint`, `jax.experimental.ode.odeint`, torchdiffeq `odeint` and
-`odeint_adjoint` where ported). Per method: compile time (`jit(...).lower().compile()`,
-in that process: methods share no XLA executable, but Python-side trace caches
-may make later methods a little cheaper), the first run, then warm calls
-round-robin over all methods in a shuffled order each round (`--repeats` rounds;
-in each round a method is called until `ROUND_S` is spent, at most 50 times, and
-it stops once it has used `BUDGET_S`), reported as median and min of all warm
-calls; the XLA temp buffers of the compiled gradient; the relative error of the
-gradient against a reference (exact `LinearExpm`, `KrylovExpm(tol=1e-12)`, or
+Problems: `bench.problems.registry()` (the linear rate system and its UDE, the
+controlled MLP with 1 and 100 controls, Lotka–Volterra, Robertson (Kvaerno5), 2-D
+heat (n = 10^4), the long-horizon memory case). Each problem runs in a FRESH
+subprocess (`OPENBLAS_NUM_THREADS=1`) holding all its methods, jaxsens's
+(`_common.OURS`) and the peers' (`_common.PEERS`: diffrax
+`RecursiveCheckpointAdjoint` and `BacksolveAdjoint`, `jax.experimental.ode.odeint`,
+torchdiffeq `odeint` and `odeint_adjoint` where ported). Per method: compile time
+(`jit(...).lower().compile()`, in that process: methods share no XLA executable, but
+Python-side trace caches may make later methods a little cheaper), the first run,
+then warm calls round-robin over all methods in a shuffled order each round
+(`--repeats` rounds; in each round a method is called until `ROUND_S` is spent, at
+most 50 times, and it stops once it has used `BUDGET_S`), reported as median and min
+of all warm calls; the XLA temp buffers of the compiled gradient; the relative error
+of the gradient against a reference (exact `LinearExpm`, `KrylovExpm(tol=1e-12)`, or
 float64 `Discrete` at rtol = atol = 1e-10). `Forward` is skipped when predicted
-hopeless (≈ 0.1–0.4 · p × Discrete's time with an implicit solver,
-0.1 · min(n, p) · max(1, n·p/10⁴) × with an explicit one, > `FORWARD_CAP_S`;
-1 s with `--quick`). `Auto().decide(...)` is recorded per problem.
+hopeless (≈ 0.1–0.4 · p × Discrete's time with an implicit solver, 0.1 · min(n, p) ·
+max(1, n·p/10⁴) × with an explicit one, > `FORWARD_CAP_S`; 1 s with `--quick`).
+`Auto().decide(...)` is recorded per problem.
 
 Writes `bench/results/suite.json` (merged: `--only` keeps the other problems'
 last results, each with its own command, date and commit), `bench/results/suite.png`
@@ -102,18 +102,10 @@ def _child(name, quick, rounds, exclude):
             )
             t0 = prob.ts[0] if prob.t0 is None else prob.t0
             return dfx.diffeqsolve(
-                dfx.ODETerm(field),
-                prob.solver,
-                t0,
-                prob.ts[-1],
-                None,
-                prob.y0,
-                args=args,
-                saveat=dfx.SaveAt(ts=prob.ts),
+                dfx.ODETerm(field), prob.solver, t0, prob.ts[-1], None, prob.y0,
+                args=args, saveat=dfx.SaveAt(ts=prob.ts),
                 stepsize_controller=dfx.PIDController(rtol=o["rtol"], atol=o["atol"]),
-                max_steps=o["max_steps"],
-                adjoint=adjoint,
-            ).ys
+                max_steps=o["max_steps"], adjoint=adjoint).ys
         if method == "jax odeint":
             dyn, static = eqx.partition((field, args), eqx.is_array)
             ts = prob.ts
@@ -125,31 +117,13 @@ def _child(name, quick, rounds, exclude):
                 fld, a = eqx.combine(d, static)
                 return fld(t, y, a)
 
-            ys = odeint(
-                f,
-                prob.y0,
-                ts,
-                dyn,
-                rtol=o["rtol"],
-                atol=o["atol"],
-                mxstep=o["max_steps"],
-            )
+            ys = odeint(f, prob.y0, ts, dyn, rtol=o["rtol"], atol=o["atol"],
+                        mxstep=o["max_steps"])
             return ys[1:] if prepend else ys
-        sens = (
-            method
-            if isinstance(method, jaxsens.AbstractSensitivity)
-            else sensitivity(method, prob)
-        )
-        return jaxsens.solve(
-            field,
-            prob.y0,
-            prob.ts,
-            args,
-            t0=prob.t0,
-            solver=prob.solver,
-            sensitivity=sens,
-            **o,
-        ).ys
+        sens = (method if isinstance(method, jaxsens.AbstractSensitivity)
+                else sensitivity(method, prob))
+        return jaxsens.solve(field, prob.y0, prob.ts, args, t0=prob.t0,
+                             solver=prob.solver, sensitivity=sens, **o).ys
 
     def loss_fn(prob, method, **over):
         def loss(params):

@@ -52,6 +52,17 @@ def tree_dtype(y):
     return jnp.result_type(*jtu.tree_leaves(y))
 
 
+def _translate(code, ok, named, named_as, otherwise):
+    """A search's result in `jaxsens.RESULTS`: `code` is another library's result
+    (optimistix's or diffrax's); `ok` there is `successful` here, `named` is
+    `named_as`, anything else `otherwise`."""
+    return RESULTS.where(
+        code == ok,
+        RESULTS.successful,
+        RESULTS.where(code == named, named_as, otherwise),
+    )
+
+
 class AbstractSteadyStateMethod(eqx.Module):
     """How [`jaxsens.steady_state`][] finds `y*` (the forward pass only).
 
@@ -145,15 +156,9 @@ class Newton(AbstractSteadyStateMethod):
             max_steps=self.max_steps,
             throw=False,
         )
-        result = RESULTS.where(
-            sol.result == optx.RESULTS.successful,
-            RESULTS.successful,
-            RESULTS.where(
-                sol.result == optx.RESULTS.singular,
-                RESULTS.newton_singular,
-                RESULTS.newton_failed,
-            ),
-        )
+        result = _translate(sol.result, optx.RESULTS.successful,
+                                  optx.RESULTS.singular, RESULTS.newton_singular,
+                                  RESULTS.newton_failed)
         # A "successful" solve that ended on non-finite values is a failure too.
         result = RESULTS.where(
             (result == RESULTS.successful) & ~all_finite(sol.value),
@@ -261,15 +266,9 @@ class Integrate(AbstractSteadyStateMethod):
             throw=False,
         )
         y = jtu.tree_map(lambda x: x[-1], sol.ys)
-        result = RESULTS.where(
-            sol.result == dfx.RESULTS.event_occurred,
-            RESULTS.successful,
-            RESULTS.where(
-                sol.result == dfx.RESULTS.max_steps_reached,
-                RESULTS.not_steady,
-                RESULTS.integration_failed,
-            ),
-        )
+        result = _translate(sol.result, dfx.RESULTS.event_occurred,
+                                  dfx.RESULTS.max_steps_reached, RESULTS.not_steady,
+                                  RESULTS.integration_failed)
         result = RESULTS.where(
             all_finite(y), result, RESULTS.integration_failed
         )

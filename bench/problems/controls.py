@@ -1,11 +1,11 @@
-"""Seed 002: a neural ODE driven by control inputs, exactly as posted.
+"""A neural ODE driven by control inputs (the controlled MLP).
 
 State 2, `u0 = 0`; the field is a 282-parameter MLP `[y; u] 3→10→10→10→2` with
 selu, Glorot-uniform weights of gain 0.1 and zero biases (Lux's defaults); float32;
 Tsit5 on t ∈ [0, 10] saved at 100 times; each control is the linear interpolation
 of 100 standard-normal values at the save times; loss = Σ over controls of
-`sum(pred²) / 100`. Tolerances rtol = atol = 1e-6 (jaxsens's defaults; the post
-used Julia's, rtol = 1e-3, atol = 1e-6: pass `rtol=1e-3`).
+`sum(pred²) / 100`. Tolerances rtol = atol = 1e-6 (jaxsens's defaults; Julia's
+would be rtol = 1e-3, atol = 1e-6: pass `rtol=1e-3`).
 """
 
 import jax

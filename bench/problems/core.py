@@ -1,4 +1,4 @@
-"""Two problems of the suite, self-contained.
+"""Problems of the suite and of `python -m bench adjoints`, self-contained.
 
 - `lotka_volterra(dtype)`: n = 2 states, 4 parameters (passed as `args`),
   t ∈ [0, 10], 50 save times, loss = Σ y².
@@ -11,6 +11,8 @@
   solver is used because jaxsens's continuous adjoints do not accept
   constant-step solvers (`diffrax.Euler()` with `dt0`): the backward loop builds
   its controller without `dt0` and raises.
+- `dense_tanh(n)`: `y' = tanh(W y) − 0.1 y`, `W` n×n (p = n², passed as `args`),
+  t ∈ [0, t1], 5 save times, loss = Σ y².
 
 Every constructor returns a `Problem` holding the field (`field(t, y, args)`),
 `y0`, `ts`, the differentiable object (`params`: what the gradient is taken with
@@ -169,4 +171,28 @@ def long_solve(
         grad_of="field",
         loss=_sum_sq,
         max_steps=int(1.25 * num_steps) + 64,
+    )
+
+
+# --- dense field, for the adjoints' table ---------------------------------
+
+
+def _dense_field(t, y, W):
+    return jnp.tanh(W @ y) - 0.1 * y
+
+
+def dense_tanh(n: int, *, t1: float = 1.0, scale: float = 1.0,
+               max_steps: int = 4096) -> Problem:
+    """`y' = tanh(W y) − 0.1 y` with `W` (n×n, standard normal ÷ √n, times `scale`:
+    a larger `scale` makes the field faster and the solve take more steps)."""
+    kw, ky = jr.split(jr.key(0))
+    return Problem(
+        name=f"dense tanh, n = {n}",
+        field=_dense_field,
+        y0=jr.normal(ky, (n,), jnp.float64),
+        ts=jnp.linspace(0.0, t1, 5, dtype=jnp.float64),
+        args=scale * jr.normal(kw, (n, n), jnp.float64) / n**0.5,
+        grad_of="args",
+        loss=_sum_sq,
+        max_steps=max_steps,
     )

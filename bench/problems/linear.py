@@ -1,15 +1,14 @@
-"""Problems of the linear-systems benchmark, built from seed 000.
+"""Problems of the linear-systems benchmark.
 
-- `seed000(seed)`: seed 000 exactly. `P` uniform random 100×100 (10^4 rates, the
-  parameters), `A = P - diag(rowsum P)` (the seed's corrected code:
-  `du_i = Σ_j P_ij (u_j - u_i)`), `data` uniform random 100×4, `u0 = data[:, 0]`,
+- `linear_rates(seed)`: a linear rate system, 100 states and 10^4 rates. `P`
+  uniform random 100×100 (the parameters), `A = P - diag(rowsum P)`
+  (`du_i = Σ_j P_ij (u_j - u_i)`), `data` uniform random 100×4, `u0 = data[:, 0]`,
   `t0 = 1`, save times 1, 2, 3, 4, loss `Σ (pred - data)²`, float64.
-- `seed000_ude(seed)`: seed 000's second model, a universal differential
-  equation: the same linear coupling plus a small MLP 4→5→4 applied to each of
-  the 25 blocks of 4 states, `u' = A u + NN(u)`. The seed's Lux `Dense` layers
-  have no activation (the MLP would be affine); we use `tanh` on the hidden layer
-  so the model is genuinely non-linear. Parameters: `P` (10^4) + MLP (49). Same
-  data, times and loss as `seed000`. Non-linear, so time-stepped.
+- `rates_ude(seed)`: a universal differential equation on the same system: the
+  linear coupling plus a small MLP 4→5→4 (`tanh` on the hidden layer, so the
+  model is genuinely non-linear) applied to each of the 25 blocks of 4 states,
+  `u' = A u + NN(u)`. Parameters: `P` (10^4) + MLP (49). Same data, times and
+  loss as `linear_rates`. Non-linear, so time-stepped.
 - `heat2d(grid)`: a 2-D heat equation `u_t = ∇·(D ∇u)` on the unit square with
   `grid × grid` cells (n = grid²; 100 → 10^4), a learnable diffusion coefficient
   per cell (D, n parameters), no-flux (Neumann) boundaries, finite volumes with
@@ -80,13 +79,13 @@ def _sq_loss(data):
     return loss
 
 
-def seed000(seed: int = 0) -> LinearProblem:
+def linear_rates(seed: int = 0) -> LinearProblem:
     rng = np.random.default_rng(seed)
     P = jnp.asarray(rng.uniform(size=(100, 100)))
     data = jnp.asarray(rng.uniform(size=(100, 4)))
     ts = jnp.array([1.0, 2.0, 3.0, 4.0])
     return LinearProblem(
-        name="seed000",
+        name="linear_rates",
         field=jaxsens.LinearField(rate_matrix),
         y0=data[:, 0],
         ts=ts,
@@ -97,7 +96,7 @@ def seed000(seed: int = 0) -> LinearProblem:
 
 
 class UDEField(eqx.Module):
-    """`u' = (P - diag(rowsum P)) u + MLP(u in blocks of 4)`, seed 000's UDE."""
+    """`u' = (P - diag(rowsum P)) u + MLP(u in blocks of 4)`, the rate system's UDE."""
 
     P: jax.Array
     mlp: eqx.nn.MLP
@@ -108,7 +107,7 @@ class UDEField(eqx.Module):
         return rate_matrix(self.P) @ y + nn
 
 
-def seed000_ude(seed: int = 0) -> LinearProblem:
+def rates_ude(seed: int = 0) -> LinearProblem:
     rng = np.random.default_rng(seed)
     P = jnp.asarray(rng.uniform(size=(100, 100)))
     data = jnp.asarray(rng.uniform(size=(100, 4)))
@@ -118,7 +117,7 @@ def seed000_ude(seed: int = 0) -> LinearProblem:
     )
     field = UDEField(P, mlp)
     return LinearProblem(
-        name="seed000_ude",
+        name="rates_ude",
         field=field,
         y0=data[:, 0],
         ts=jnp.array([1.0, 2.0, 3.0, 4.0]),

@@ -3,8 +3,8 @@ problem modules so every script solves the same problem the same way.
 
 Each builder returns a `SuiteProblem`: what is solved (`field`, `y0`, `ts`, `t0`,
 `solver`, tolerances), what the gradient is taken of (`params`, passed as `args`
-or being the field itself), the loss of the saved states, and, for seed 002's
-controls, `batched=True`: `args` carries a leading axis of controls and the loss
+or being the field itself), the loss of the saved states, and, for the
+controlled MLP, `batched=True`: `args` carries a leading axis of controls and the loss
 sums over a `jax.vmap` of solves.
 """
 
@@ -74,34 +74,25 @@ class SuiteProblem:
 # --- problems ------------------------------------------------------------------
 
 
+def _from(p, name, description, **kw):
+    """A `SuiteProblem` from a per-topic problem `p` (field, y0, ts, params, loss)."""
+    return SuiteProblem(name, description, p.field, p.y0, p.ts, p.params, p.loss, **kw)
+
+
 def lotka_volterra(quick=False):
-    p = _core.lotka_volterra(jnp.float64)
-    return SuiteProblem(
-        "lotka_volterra",
-        "Lotka–Volterra, n = 2, p = 4 (args), t ∈ [0, 10], 50 "
-        "save times, float64, Tsit5",
-        p.field,
-        p.y0,
-        p.ts,
-        p.args,
-        p.loss,
-    )
+    return _from(_core.lotka_volterra(jnp.float64), "lotka_volterra",
+                 "Lotka–Volterra, n = 2, p = 4 (args), t ∈ [0, 10], 50 save times, "
+                 "float64, Tsit5")
 
 
 def _robertson_field(t, y, k):
     y1, y2, y3 = y[0], y[1], y[2]
-    return jnp.stack(
-        [
-            -k[0] * y1 + k[2] * y2 * y3,
-            k[0] * y1 - k[1] * y2**2 - k[2] * y2 * y3,
-            k[1] * y2**2,
-        ]
-    )
+    return jnp.stack([-k[0] * y1 + k[2] * y2 * y3,
+                      k[0] * y1 - k[1] * y2**2 - k[2] * y2 * y3,
+                      k[1] * y2**2])
 
 
 def robertson(quick=False):
-    ts = jnp.logspace(-5.0, 2.0, 15)
-
     def loss(ys):
         return jnp.sum((ys * jnp.array([1.0, 1e4, 1.0])) ** 2)
 
@@ -110,142 +101,85 @@ def robertson(quick=False):
         "Robertson's stiff chemical kinetics, n = 3, p = 3 rates "
         "(0.04, 3e7, 1e4), t0 = 0, 15 log-spaced save times in [1e-5, 100], "
         "float64, Kvaerno5, rtol = 1e-6, atol = 1e-10; loss Σ (y·[1, 1e4, 1])²",
-        _robertson_field,
-        jnp.array([1.0, 0.0, 0.0]),
-        ts,
-        jnp.array([0.04, 3e7, 1e4]),
-        loss,
-        t0=0.0,
-        solver=dfx.Kvaerno5(),
-        rtol=1e-6,
-        atol=1e-10,
+        _robertson_field, jnp.array([1.0, 0.0, 0.0]), jnp.logspace(-5.0, 2.0, 15),
+        jnp.array([0.04, 3e7, 1e4]), loss, t0=0.0, solver=dfx.Kvaerno5(),
+        rtol=1e-6, atol=1e-10,
         skip={"jax odeint": "explicit only (Dopri5): ~10^6 steps on Robertson"},
     )
 
 
-def seed000_linear(quick=False):
-    p = _linear.seed000()
-    return SuiteProblem(
-        "seed000_linear",
-        "seed 000: linear rate system, n = 100, p = 10^4 rates, "
-        "t ∈ [1, 4], 4 save times, float64 (`LinearField`, time-stepped methods "
-        "Tsit5)",
-        p.field,
-        p.y0,
-        p.ts,
-        p.params,
-        p.loss,
-        t0=p.t0,
-        linear=True,
-        reference="linear",
-    )
+def linear_rates(quick=False):
+    p = _linear.linear_rates()
+    return _from(p, "linear_rates",
+                 "linear rate system, n = 100, p = 10^4 rates, t ∈ [1, 4], 4 save "
+                 "times, float64 (`LinearField`, time-stepped methods Tsit5)",
+                 t0=p.t0, linear=True, reference="linear")
 
 
-def seed000_ude(quick=False):
-    p = _linear.seed000_ude()
-    return SuiteProblem(
-        "seed000_ude",
-        "seed 000's UDE: rate matrix + MLP 4→5→4 on 25 blocks, "
-        "n = 100, p = 10,049, t ∈ [1, 4], 4 save times, float64, Tsit5",
-        p.field,
-        p.y0,
-        p.ts,
-        p.params,
-        p.loss,
-        grad_of="field",
-        t0=p.t0,
-    )
+def rates_ude(quick=False):
+    p = _linear.rates_ude()
+    return _from(p, "rates_ude",
+                 "UDE on the rate system: rate matrix + MLP 4→5→4 on 25 blocks, "
+                 "n = 100, p = 10,049, t ∈ [1, 4], 4 save times, float64, Tsit5",
+                 grad_of="field", t0=p.t0)
 
 
 def _controls_problem(nc):
     field = _controls.field()
-    ctrl = _controls.controls(nc)
 
     def loss(ys):  # (nc, T, 2)
         return jnp.sum(ys**2) / _controls.NT
 
     return SuiteProblem(
-        f"seed002_controls{nc}",
-        f"seed 002: controlled neural ODE, n = 2, "
-        f"p = 282 (MLP weights), {nc} control(s) `jax.vmap`ped, t ∈ [0, 10], 100 "
-        "save times, float32, Tsit5",
-        field,
-        _controls.y0(),
-        _controls.times(),
-        field,
-        loss,
-        grad_of="field",
-        args=ctrl,
-        batched=True,
+        f"controls{nc}",
+        f"controlled MLP (neural ODE), n = 2, p = 282 (MLP weights), {nc} "
+        "control(s) `jax.vmap`ped, t ∈ [0, 10], 100 save times, float32, Tsit5",
+        field, _controls.y0(), _controls.times(), field, loss, grad_of="field",
+        args=_controls.controls(nc), batched=True,
     )
 
 
-def seed002_controls1(quick=False):
+def controls1(quick=False):
     return _controls_problem(1)
 
 
-def seed002_controls100(quick=False):
+def controls100(quick=False):
     return _controls_problem(100)
 
 
 def heat2d(quick=False):
     grid = 30 if quick else 100
+    skip = {"LinearExpm": f"dense expm of a {grid * grid}² matrix (matrix-free "
+                          "field; KrylovExpm is the method)"} if grid > 40 else {}
     p = _linear.heat2d(grid)
-    return SuiteProblem(
-        "heat2d",
-        f"2-D heat equation, {grid}×{grid} cells (n = {grid * grid}), "
-        f"a learnable diffusion coefficient per cell (p = {grid * grid}), "
-        "matrix-free `LinearField`, 4 save times in [0.25, 1], float64, Tsit5 for "
-        "time-stepped methods",
-        p.field,
-        p.y0,
-        p.ts,
-        p.params,
-        p.loss,
-        t0=p.t0,
-        linear=True,
-        reference="krylov",
-        skip={
-            "LinearExpm": f"dense expm of a {grid * grid}² matrix "
-            "(matrix-free field; KrylovExpm is the method)"
-        }
-        if grid > 40
-        else {},
-    )
+    return _from(p, "heat2d",
+                 f"2-D heat equation, {grid}×{grid} cells (n = {grid * grid}), a "
+                 f"learnable diffusion coefficient per cell (p = {grid * grid}), "
+                 "matrix-free `LinearField`, 4 save times in [0.25, 1], float64, "
+                 "Tsit5 for time-stepped methods",
+                 t0=p.t0, linear=True, reference="krylov", skip=skip)
 
 
 def long_horizon(quick=False):
     steps = 1_000 if quick else 10_000
+    skip = {} if quick else {
+        m: "hopeless: measured 16 s per gradient at 10^3 steps (Python-level "
+        "stepping), so ~160 s at 10^4"
+        for m in ("torchdiffeq odeint", "torchdiffeq odeint_adjoint")}
     p = _core.long_solve(steps)
-    return SuiteProblem(
-        "long_horizon",
-        f"memory case: n = 64, p = 10,336, ~{steps} Tsit5 steps, "
-        "101 save times, float64 (`bench/problems/core.py`); the adjoints' backward "
-        f"budget max_steps = {3 * steps + 1000}, checkpoints = 16",
-        p.field,
-        p.y0,
-        p.ts,
-        p.params,
-        p.loss,
-        grad_of="field",
-        max_steps=p.max_steps,
-        adjoint_max_steps=3 * steps + 1000,
-        checkpoints=16,
-        skip={}
-        if quick
-        else {
-            m: "hopeless: measured 16 s per gradient at 10^3 steps (Python-level "
-            "stepping), so ~160 s at 10^4"
-            for m in ("torchdiffeq odeint", "torchdiffeq odeint_adjoint")
-        },
-    )
+    return _from(p, "long_horizon",
+                 f"memory case: n = 64, p = 10,336, ~{steps} Tsit5 steps, 101 save "
+                 "times, float64 (`bench/problems/core.py`); the adjoints' backward "
+                 f"budget max_steps = {3 * steps + 1000}, checkpoints = 16",
+                 grad_of="field", max_steps=p.max_steps,
+                 adjoint_max_steps=3 * steps + 1000, checkpoints=16, skip=skip)
 
 
 REGISTRY = {
-    "seed000_linear": seed000_linear,
-    "seed000_ude": seed000_ude,
-    "seed002_controls1": seed002_controls1,
-    "seed002_controls100": seed002_controls100,
+    "linear_rates": linear_rates,
+    "rates_ude": rates_ude,
+    "controls1": controls1,
+    "controls100": controls100,
     "lotka_volterra": lotka_volterra,
     "robertson": robertson,
     "heat2d": heat2d,

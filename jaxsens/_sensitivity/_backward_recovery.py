@@ -13,8 +13,16 @@ from jaxtyping import Array, PyTree
 
 from .._solution import RESULTS
 from ._backward import AbstractRecovery, DenseData, _count
-from ._loop import FlatState, LoopField, Stops, _where, backward_loop, dense_info_like, rms_norm
-from .base import Problem, diffrax_result, diffrax_solve, state_norm, stats_of
+from ._loop import (
+    FlatState,
+    LoopField,
+    Stops,
+    _where,
+    backward_loop,
+    dense_info_like,
+    rms_norm,
+)
+from .base import Problem, diffrax_result, diffrax_solve, max_abs, state_norm, stats_of
 
 
 def _plain_forward(problem: Problem):
@@ -35,10 +43,6 @@ def _drift(y, y_saved, rtol, atol):
     )
     d = jnp.concatenate(jtu.tree_leaves(diffs))
     return jnp.where(jnp.all(jnp.isfinite(d)), jnp.sqrt(jnp.mean(d**2)), jnp.inf)
-
-
-def _max_abs(tree):
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(c)) for c in jtu.tree_leaves(tree)]))
 
 
 class Reintegrate(AbstractRecovery):
@@ -73,7 +77,7 @@ class Reintegrate(AbstractRecovery):
         # the drift met so far and by the size of the re-integrated state.
         budget = (result == RESULTS.backward_max_steps_reached) | (
             result == RESULTS.solver_failed)
-        blown_up = ~(_max_abs(z.y) <= 1e3 * (_max_abs(ys) + bp.atol))
+        blown_up = ~(max_abs(z.y) <= 1e3 * (max_abs(ys) + bp.atol))
         diverged = jnp.where(budget, (drift_saves > self.max_drift) | blown_up,
                              drift > self.max_drift)
         diverged = diverged | (result == RESULTS.solver_failed)
@@ -166,7 +170,7 @@ def _resolve(problem: Problem, y_a, a, b, steps: int):
 
     Driven by `backward_loop` (its time runs forward here; no jumps), which keeps
     each step's dense information in a buffer of `steps` entries. A second
-    `diffeqsolve` would do the same, but costs ~0.5 s more to compile.
+    `diffeqsolve` would do the same, but compiles a second adaptive loop.
     """
     opts = problem.options
     dtype = jnp.result_type(problem.ts)

@@ -25,7 +25,7 @@ at about the same forward cost (the README's performance section). Being a
 Tried and dropped: the trace shift `expm(A) = e^μ expm(A - μI)` (Higham 2005)
 also saves a squaring on rate matrices, but makes their decaying modes lose
 ~1e-11 relative accuracy against the stationary mode's growth; a `lax.switch`
-over `s` with unrolled branches is no faster unbatched and 8x slower under
+over `s` with unrolled branches is no faster unbatched and much slower under
 `vmap` (where it becomes a `select` over all 17 branches).
 """
 

@@ -4,9 +4,9 @@
 The loop runs in reversed time `s = -t`, drives a diffrax solver's `step` and a
 diffrax step-size controller directly, stops exactly at every jump time to apply that
 time's jump, and (optionally) hands each accepted step to a callback that
-accumulates a quadrature. One loop instead of one `diffeqsolve` per save interval is
-the difference between ~85 ms and ~1.3 s on the 100-control neural ODE
-(DESIGN.md, "Performance traps").
+accumulates a quadrature. One loop instead of one `diffeqsolve` per save interval
+keeps the backward pass's cost in its steps, not in the per-solve overhead of many
+short solves (figures: bench/RESULTS.md, "Design measurements").
 """
 
 from collections.abc import Callable
@@ -30,17 +30,6 @@ def rms_norm(tree) -> Array:
         return jnp.array(0.0)
     x = jnp.concatenate(leaves)
     return jnp.sqrt(jnp.mean(jnp.abs(x) ** 2))
-
-
-def seminorm(select: Callable[[PyTree], PyTree]) -> Callable[[PyTree], Array]:
-    """An RMS norm over only the part of the state chosen by `select` (Kidger, Chen
-    & Lyons 2021, "Hey, that's not an ODE": the parameter adjoint μ is left out of
-    the backward error control)."""
-
-    def norm(tree):
-        return rms_norm(select(tree))
-
-    return norm
 
 
 class FlatState:

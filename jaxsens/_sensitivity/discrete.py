@@ -25,17 +25,17 @@ def default_checkpoints(y0, max_steps: int) -> int | None:
 class Discrete(AbstractSensitivity):
     """Reverse-mode AD through the solver's own steps (a "discretise-then-optimise"
     gradient): exactly the gradient of the computed solution, with memory bounded
-    by diffrax's recursive checkpointing. The fastest reverse-mode method measured
-    on CPU for non-linear problems (bench/RESULTS.md), and `Auto`'s choice above
-    the forward-mode threshold.
+    by diffrax's recursive checkpointing. The fastest reverse-mode method on CPU
+    for non-linear problems in `bench/RESULTS.md`, and `Auto`'s choice above the
+    forward-mode threshold.
 
     Caveat: the gradient of the computed solution is only as good as the solution
     is a smooth function of the parameters. With an explicit solver at its
     stability limit (a stiff problem run with `Tsit5`) the step-size controller's
     decisions make the discrete solution a rough function of the parameters and
-    the gradient can be far off (measured: 10³–10⁶ relative error on a heat
-    equation); use an implicit solver (`diffrax.Kvaerno5()`) there, and check with
-    `jaxsens.check_gradient` when in doubt.
+    the gradient can be wrong by orders of magnitude (the heat equation in
+    `bench/RESULTS.md`); use an implicit solver (`diffrax.Kvaerno5()`) there, and
+    check with `jaxsens.check_gradient` when in doubt.
 
     JAX cannot give one function different custom rules for forward and reverse
     mode, so the mode is a setting:
@@ -43,7 +43,7 @@ class Discrete(AbstractSensitivity):
     - `forward_mode=False` (default): diffrax's `RecursiveCheckpointAdjoint` —
         the fastest reverse-mode gradient; `jax.grad`/`jax.vjp` and `vmap` of them.
     - `forward_mode=True`: diffrax's `DirectAdjoint` — also supports `jax.jvp`,
-        `jax.jacfwd` and `jax.hessian`, at about 2–3× the reverse-mode cost.
+        `jax.jacfwd` and `jax.hessian`, at a few times the reverse-mode cost.
 
     **Arguments:**
 
@@ -53,17 +53,11 @@ class Discrete(AbstractSensitivity):
         256 KiB (float64: `n ≤ 8` at the default `max_steps = 4096`), else
         diffrax's choice, O(log max_steps) memory with recomputation. The store
         is sized by `max_steps`, not by the steps taken, so above that size it
-        costs more than the recomputation it saves. Measured (warm gradient,
-        median, one core, jaxsens's XLA:CPU small-loop limit): storing every step
-        is 1.4–1.6× faster at n = 2 … 8 (Lotka–Volterra 92 against 123 µs),
-        equal at n = 16 with many steps, but 1.5–3× slower from n = 16 to 128
-        with few steps (n = 64, 4 steps: 486 against 155 µs); on seed 000's UDE
-        (n = 100, an expensive field) the two are within 6 % either way. The
-        recursive path compiles about 0.9 s longer (bench/results/crossover.md,
-        first calls at n = 16–64; the same as diffrax's default) and keeps 0.5 MB
-        of temporaries where the store took 6.7 MB at n = 100. The store wins
-        back when the solve uses most of a tight budget: n = 64, 1045 steps,
-        `max_steps = 1314`, 52 against 66 ms — there pass `checkpoints=max_steps`.
+        costs more than the recomputation it saves; storing every step is faster
+        for small states and compiles sooner, recomputation is faster for larger
+        states taking few steps (figures: `bench/RESULTS.md`, "Design
+        measurements"). A solve that uses most of a tight budget gains from the
+        store at any size: there pass `checkpoints=max_steps`.
         `vmap` over solves multiplies the store by the batch size, which the
         rule cannot see: pass `checkpoints=` to override.
     - `forward_mode`: see above.

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax.flatten_util import ravel_pytree
 
-from ._loop import rms_norm
 from .._solution import checked
+from ._loop import rms_norm
 from .base import (
     AbstractSensitivity,
     Problem,
@@ -33,8 +33,9 @@ class Forward(AbstractSensitivity):
       derivative of the computed solution with its step sizes held fixed.
       `f_y S + f_x` is assembled from `min(n, P)` Jacobian rows (vjps, when
       `n ≤ P`) or columns (jvps) per stage, never from `P` tangents: cost grows
-      with `n` when the parameters outnumber the states. Measured (one core):
-      seed 002's neural ODE (n = 2, P = 282) 8.0 → 0.58 ms per gradient.
+      with `n` when the parameters outnumber the states (a neural ODE with
+      `n = 2` and hundreds of parameters costs two vjps per stage, not hundreds
+      of tangents).
     - **Implicit solvers** (`Kvaerno5`, …): one tangent per input, vmapped
       through diffrax's solve, Newton iterations included (the sensitivity
       equations would put the `n·P`-sized `S` into every Newton Jacobian). Cost
@@ -42,7 +43,8 @@ class Forward(AbstractSensitivity):
 
     Memory grows with `len(ts) · n · P`. The method of choice when `n` (explicit)
     or `n + p` (implicit) is small — `Auto` picks it there — and hopeless for a
-    large state with many parameters (seed 000's 27-second gradient).
+    large state with many parameters (`bench/RESULTS.md`: seconds per gradient at
+    `n = 100`, `p = 10⁴`, where the reverse methods take milliseconds).
 
     Cites: Dickinson & Gelinas 1976; Bock 1981 (internal numerical
     differentiation); SciMLSensitivity's `ForwardSensitivity` /
@@ -142,9 +144,9 @@ def _forward_solve_jvp(primals, tangents, *, static, options):
 
 
 # Up to this many Jacobian rows (or columns) per stage are formed one product at a
-# time; above it, by one vmapped product. Measured (MLP field, Tsit5, one core):
-# n = 8 one at a time 0.40 ms against 1.00 ms vmapped; n = 16 the same speed
-# either way (3.6 / 3.4 ms) but twice the compile time one at a time (3.3 / 1.7 s).
+# time (faster: the loop stays eligible for whole-loop compilation); above it, by
+# one vmapped product (as fast, and compiled sooner). Figures: bench/RESULTS.md,
+# "Design measurements".
 UNROLL_MAX = 8
 
 
@@ -164,7 +166,6 @@ def _sensitivity_solve(x, unravel, fixed, static, ts, options):
     every matmul in them is a matrix-vector product, which keeps the loop eligible
     for XLA:CPU's whole-loop compilation (jaxsens/_xla.py); batched, they would be
     matrix-matrix products, which XLA:CPU hands to a library and runs op by op.
-    Measured on seed 002's neural ODE (n = 2, P = 282): 8.0 → 0.58 ms.
     """
     _, y0 = eqx.combine(unravel(x), fixed)
     y0_flat, unravel_y = ravel_pytree(y0)
