@@ -193,8 +193,8 @@ def test_constant_step_solver_with_dt0_works_for_adjoints():
 
 
 @pytest.fixture(scope="module")
-def seed000():
-    """Seed 000's dissipative linear system: y' = (P − diag(rowsum P)) y, n = 100."""
+def dissipative_rates():
+    """A dissipative linear system: y' = (P − diag(rowsum P)) y, n = 100."""
     key_p, key_d = jr.split(jr.PRNGKey(0))
     p = jr.uniform(key_p, (100, 100), dtype=jnp.float64)
     data = jr.uniform(key_d, (100, 4), dtype=jnp.float64)
@@ -208,8 +208,8 @@ def seed000():
     return p, loss
 
 
-def test_backsolve_refuses_seed000_instead_of_a_wrong_gradient(seed000):
-    p, loss = seed000
+def test_backsolve_refuses_dissipative_rates(dissipative_rates):
+    p, loss = dissipative_rates
     with pytest.raises(RUNTIME_ERRORS, match="Use `jaxsens.InterpolatingAdjoint"):
         jax.jit(jax.grad(lambda p: loss(p, jaxsens.BacksolveAdjoint()))).__call__(p)
     # throw=False hands back the failure code instead (and its gradient is not used).

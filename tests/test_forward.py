@@ -102,7 +102,7 @@ def test_mixed_dtypes():
 
 
 def test_loop_compiled_whole_on_an_mlp_field():
-    # Regression (seed 002's neural ODE, 8.0 → 0.6 ms): batched tangents through
+    # Regression (the controlled MLP's neural ODE): batched tangents through
     # an MLP are matrix-matrix products, which XLA:CPU hands to a library (YNNPACK
     # fusions) and which keep the whole solve loop op by op. The one-at-a-time
     # products are matrix-vector only, and the loop is compiled whole.

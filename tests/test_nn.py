@@ -71,7 +71,7 @@ def grads():
     return out
 
 
-def test_seed_002_field_has_282_parameters_and_glorot_init():
+def test_controlled_mlp_has_282_parameters_and_glorot_init():
     field = jaxsens.nn.ControlledField(2, 1, width=10, depth=3, activation=jax.nn.selu,
                                        init_scale=0.1, dtype=jnp.float32,
                                        key=jr.key(0))

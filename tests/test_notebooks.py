@@ -19,7 +19,7 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 def test_notebooks_found():
     names = {p.name for p in NOTEBOOKS}
-    assert {"01_seed000_linear.ipynb", "02_seed002_controls.ipynb",
+    assert {"01_linear_rates.ipynb", "02_controls.ipynb",
             "03_choosing_a_method.ipynb", "fitting.ipynb"} <= names
 
 
