@@ -18,11 +18,13 @@ from ._sensitivity.base import (
     AbstractSensitivity,
     SolveOptions,
     all_finite,
+    dense_solve,
     static_times,
 )
+from ._sensitivity.discrete import Discrete, default_checkpoints
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm
-from ._solution import Solution
+from ._solution import DenseOutput, Solution
 
 
 _WORKING_DTYPES = "float32, float64, complex64 or complex128"
@@ -211,6 +213,37 @@ def _on_state(event: dfx.Event) -> dfx.Event:
     return eqx.tree_at(lambda e: e.cond_fn, event, wrapped)
 
 
+def _check_dense(dense, method, event):
+    if not isinstance(dense, bool):
+        raise TypeError(f"`dense` must be True or False, got {dense!r}.")
+    if not dense:
+        return
+    if event is not None:
+        raise ValueError(
+            "`dense=True` with `event=`: the dense output of a solve stopped by an "
+            "event is not supported. Save the times you need with `ts`, or solve "
+            "without the event."
+        )
+    if not isinstance(method, Discrete):
+        raise ValueError(
+            f"`dense=True` with `sensitivity={type(method).__name__}()`: only "
+            "`Discrete()` differentiates the dense output (`sol.evaluate(t)`, "
+            "through diffrax's own backpropagation), and `Auto()` then picks it. "
+            "Pass `sensitivity=jaxsens.Discrete()`, or add the times you need to "
+            "`ts` and keep this method."
+        )
+
+
+def _discrete_adjoint(method: Discrete, y0, options):
+    """The diffrax adjoint `Discrete.solve` differentiates through."""
+    if method.forward_mode:
+        return dfx.DirectAdjoint()
+    checkpoints = method.checkpoints
+    if checkpoints is None:
+        checkpoints = default_checkpoints(y0, options.max_steps)
+    return dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
+
+
 def solve(
     field,
     y0: PyTree[ArrayLike],
@@ -228,6 +261,7 @@ def solve(
     event: dfx.Event | None = None,
     jump_ts: Float[ArrayLike, " jumps"] | None = None,
     running_cost: Callable | None = None,
+    dense: bool = False,
 ) -> Solution:
     """Solve `dy/dt = field(t, y, args)` from `y0` and save at `ts`, differentiably.
 
@@ -272,8 +306,8 @@ def solve(
         (a few more steps when `c` needs them). Not with `LinearExpm`/`KrylovExpm`.
 
     **Returns:** a [`jaxsens.Solution`][] with `ys` (structured like `y0`, leading
-    axis `len(ts)`), `ts`, `stats`, `result`, the `sensitivity` used, and `cost`
-    with `running_cost`.
+    axis `len(ts)`), `ts`, `stats`, `result`, the `sensitivity` used, `cost`
+    with `running_cost` and `evaluate(t)` with `dense=True`.
 
     **Example:**
 
@@ -364,7 +398,7 @@ def solve(
 
     jump_ts = _jump_times(jump_ts, field, args, solver, dtype)
     options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times,
-                           y0_traced, jump_ts=jump_ts)
+                           y0_traced, jump_ts=jump_ts, dense=dense)
     if event is not None:
         check_event(event, field, y0, ts, args, options)
     if running_cost is not None:
@@ -374,6 +408,7 @@ def solve(
         options = dataclasses.replace(options, running_cost=True)
         event = None if event is None else _on_state(event)
     method = sensitivity.chosen(field, y0, ts, args, options)
+    _check_dense(dense, method, event)
     if running_cost is not None and isinstance(method, (LinearExpm, KrylovExpm)):
         raise ValueError(
             f"`running_cost` with `sensitivity={type(method).__name__}()`: the cost "
@@ -399,6 +434,13 @@ def solve(
                         sensitivity=method, event_time=out.event_time,
                         event_state=event_state, event_happened=out.event_happened,
                         cost=cost)
+    if dense:
+        ys, stats, result, interpolation = dense_solve(
+            field, y0, ts, args, options, _discrete_adjoint(method, y0, options))
+        ys, _, cost = split(ys)
+        dense_output = DenseOutput(interpolation, has_cost=running_cost is not None)
+        return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method,
+                        cost=cost, dense_output=dense_output)
     # Each method checks its failures where its derivative is computed, too.
     ys, stats, result = method.solve(field, y0, ts, args, options)
     ys, _, cost = split(ys)
