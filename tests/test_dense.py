@@ -23,7 +23,10 @@ def _rel(a, b):
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
-def _dense(k, sensitivity=jaxsens.Discrete(), **kwargs):
+DISCRETE = jaxsens.Discrete()
+
+
+def _dense(k, sensitivity=DISCRETE, **kwargs):
     return jaxsens.solve(decay, Y0, TS, k, rtol=TOL, atol=TOL, dense=True,
                          sensitivity=sensitivity, **kwargs)
 
