@@ -28,7 +28,7 @@ from ._sensitivity.base import (
     as_problem,
     diagnose,
     float_args_as_arrays,
-    make_controller,
+    forward_controller,
     state_norm,
 )
 from ._solution import RESULTS, as_result, checked, guarded
@@ -55,8 +55,7 @@ class EventOutputs(eqx.Module):
 
 def _controller(options: SolveOptions):
     """The step-size controller of the method's forward solve (`diffrax_solve`)."""
-    return make_controller(options.solver, options.rtol, options.atol, options.dt0,
-                           state_norm(options), options.jump_ts)
+    return forward_controller(options, state_norm(options))
 
 
 def _cond_fns(event):

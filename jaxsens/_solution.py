@@ -5,7 +5,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Bool, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 
 _VMAP_HINT = (
@@ -246,6 +246,32 @@ def guarded(ys: PyTree, result: RESULTS, throw: bool, inputs: PyTree = ()) -> Py
     return _scale_tangent(ys, inputs, s)
 
 
+class DenseOutput(eqx.Module):
+    """The forward solve's dense output (diffrax's `DenseInterpolation`), read by
+    `Solution.evaluate`. `has_cost`: its state is `(y, c)` with a running cost's
+    integral `c`, of which `evaluate` returns `y`."""
+
+    interpolation: dfx.DenseInterpolation
+    has_cost: bool = eqx.field(static=True, default=False)
+
+    def evaluate(self, t) -> PyTree[Array]:
+        interp = self.interpolation
+        t = jnp.asarray(t)
+        if t.shape != ():
+            raise ValueError(
+                f"`Solution.evaluate(t)` takes one scalar time, got shape {t.shape}. "
+                "For several times, `jax.vmap(sol.evaluate)(times)`."
+            )
+        t0, t1 = interp.t0, interp.t1
+        t = eqx.error_if(
+            t.astype(jnp.result_type(t0)), (t < t0) | (t > t1),
+            "`Solution.evaluate(t)`: `t` must lie in the solved span [t0, ts[-1]] "
+            "(the dense output does not extrapolate).",
+        )
+        y = interp.evaluate(t)
+        return y[0] if self.has_cost else y
+
+
 class Solution(eqx.Module):
     """The result of [`jaxsens.solve`][].
 
@@ -270,6 +296,10 @@ class Solution(eqx.Module):
     - `cost`: with `solve(..., running_cost=g)`, `∫ g(t, y(t), args) dt` from `t0`
         to `ts[-1]` (to the event time with `event=`), differentiable by the
         chosen method; `None` without `running_cost`.
+    - `evaluate(t)`: with `solve(..., dense=True)`, the state at any time `t` in
+        `[t0, ts[-1]]` (a scalar; `jax.vmap` it over several), structured like
+        `y0`: the solver's own interpolation between its steps, differentiable by
+        `Discrete` (through diffrax). Without `dense=True` it raises.
 
     **Example:**
 
@@ -289,3 +319,14 @@ class Solution(eqx.Module):
     event_state: PyTree[Array] | None = None
     event_happened: Bool[Array, ""] | None = None
     cost: Float[Array, ""] | None = None
+    dense_output: DenseOutput | None = None
+
+    def evaluate(self, t: Float[ArrayLike, ""]) -> PyTree[Array]:
+        """The solution at time `t` (a scalar in `[t0, ts[-1]]`), from the forward
+        solve's dense output: needs `jaxsens.solve(..., dense=True)`."""
+        if self.dense_output is None:
+            raise ValueError(
+                "`Solution.evaluate(t)` needs the dense output: solve with "
+                "`jaxsens.solve(..., dense=True, sensitivity=jaxsens.Discrete())`."
+            )
+        return self.dense_output.evaluate(t)

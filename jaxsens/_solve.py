@@ -18,11 +18,13 @@ from ._sensitivity.base import (
     AbstractSensitivity,
     SolveOptions,
     all_finite,
+    dense_solve,
     static_times,
 )
+from ._sensitivity.discrete import Discrete, default_checkpoints
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm
-from ._solution import Solution
+from ._solution import DenseOutput, Solution
 
 
 _WORKING_DTYPES = "float32, float64, complex64 or complex128"
@@ -126,13 +128,63 @@ def _check_field_output(field, t0, y0, args):
             )
 
 
-def _jump_times(jump_ts, field, args, solver, dtype):
+_DEFAULT_TOL = 1e-6
+_CONTROLLERS = ("`diffrax.PIDController(rtol=..., atol=...)` (with any of its "
+                "options, `jump_ts` and `step_ts` included) or "
+                "`diffrax.ConstantStepSize()`")
+
+
+def _check_controller(controller, rtol, atol, solver, dt0):
+    """`(controller, rtol, atol, controller_jump_ts)`: the user's step-size
+    controller (or `None`), the tolerances every solve of this call uses (the
+    controller's, or `rtol`/`atol`), and the controller's own `jump_ts`."""
+    if controller is None:
+        return (None, _DEFAULT_TOL if rtol is None else rtol,
+                _DEFAULT_TOL if atol is None else atol, None)
+    inner = (controller.controller
+             if isinstance(controller, dfx.ClipStepSizeController) else controller)
+    if not isinstance(inner, (dfx.PIDController, dfx.ConstantStepSize)):
+        raise TypeError(
+            f"`stepsize_controller` must be {_CONTROLLERS}, got {controller!r}."
+        )
+    if rtol is not None or atol is not None:
+        raise ValueError(
+            "`stepsize_controller` with `rtol`/`atol`: the tolerances are the "
+            "controller's. Pass them to it (`diffrax.PIDController(rtol=..., "
+            "atol=...)`) and leave `solve`'s `rtol`/`atol` out."
+        )
+    if isinstance(inner, dfx.ConstantStepSize):
+        if dt0 is None:
+            raise ValueError(
+                "`stepsize_controller=diffrax.ConstantStepSize()` takes constant "
+                "steps of `dt0`: pass `dt0=` (the step size)."
+            )
+        return controller, _DEFAULT_TOL, _DEFAULT_TOL, None
+    if not isinstance(solver, dfx.AbstractAdaptiveSolver):
+        raise ValueError(
+            f"`stepsize_controller=PIDController(...)` with `solver="
+            f"{type(solver).__name__}()`, which has no error estimate to control "
+            "steps by. Use an adaptive solver such as `diffrax.Tsit5()`, or "
+            "`diffrax.ConstantStepSize()` with `dt0=`."
+        )
+    jumps = (controller.jump_ts
+             if isinstance(controller, dfx.ClipStepSizeController) else None)
+    return controller, inner.rtol, inner.atol, jumps
+
+
+def _jump_times(jump_ts, field, args, solver, dtype, constant_steps=False):
     """`jump_ts` checked, sorted and in the time dtype (`None` if empty); by
     default the sample times of every `jaxsens.Control` in `field` or `args`
-    (adaptive solvers only: constant steps cannot be placed). The times are not
+    (adaptive steps only: constant steps cannot be placed). The times are not
     differentiated: they place steps, the solution does not depend on them."""
+    if jump_ts is not None and constant_steps:
+        raise ValueError(
+            "`jump_ts` with `stepsize_controller=diffrax.ConstantStepSize()`: "
+            "constant steps cannot be placed at given times. Use "
+            "`diffrax.PIDController(...)`, or leave `jump_ts` out."
+        )
     if jump_ts is None:
-        if not isinstance(solver, dfx.AbstractAdaptiveSolver):
+        if constant_steps or not isinstance(solver, dfx.AbstractAdaptiveSolver):
             return None
         jump_ts = control_knots((field, args))
         if jump_ts is None:
@@ -211,6 +263,37 @@ def _on_state(event: dfx.Event) -> dfx.Event:
     return eqx.tree_at(lambda e: e.cond_fn, event, wrapped)
 
 
+def _check_dense(dense, method, event):
+    if not isinstance(dense, bool):
+        raise TypeError(f"`dense` must be True or False, got {dense!r}.")
+    if not dense:
+        return
+    if event is not None:
+        raise ValueError(
+            "`dense=True` with `event=`: the dense output of a solve stopped by an "
+            "event is not supported. Save the times you need with `ts`, or solve "
+            "without the event."
+        )
+    if not isinstance(method, Discrete):
+        raise ValueError(
+            f"`dense=True` with `sensitivity={type(method).__name__}()`: only "
+            "`Discrete()` differentiates the dense output (`sol.evaluate(t)`, "
+            "through diffrax's own backpropagation), and `Auto()` then picks it. "
+            "Pass `sensitivity=jaxsens.Discrete()`, or add the times you need to "
+            "`ts` and keep this method."
+        )
+
+
+def _discrete_adjoint(method: Discrete, y0, options):
+    """The diffrax adjoint `Discrete.solve` differentiates through."""
+    if method.forward_mode:
+        return dfx.DirectAdjoint()
+    checkpoints = method.checkpoints
+    if checkpoints is None:
+        checkpoints = default_checkpoints(y0, options.max_steps)
+    return dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
+
+
 def solve(
     field,
     y0: PyTree[ArrayLike],
@@ -219,8 +302,8 @@ def solve(
     *,
     t0: float | None = None,
     solver: dfx.AbstractSolver | None = None,
-    rtol: float = 1e-6,
-    atol: float = 1e-6,
+    rtol: float | None = None,
+    atol: float | None = None,
     dt0: float | None = None,
     max_steps: int = 16**3,
     sensitivity: AbstractSensitivity = Auto(),  # noqa: B008 (immutable Module)
@@ -228,6 +311,9 @@ def solve(
     event: dfx.Event | None = None,
     jump_ts: Float[ArrayLike, " jumps"] | None = None,
     running_cost: Callable | None = None,
+    dense: bool = False,
+    stepsize_controller: dfx.AbstractStepSizeController | None = None,
+    progress_meter: dfx.AbstractProgressMeter | None = None,
 ) -> Solution:
     """Solve `dy/dt = field(t, y, args)` from `y0` and save at `ts`, differentiably.
 
@@ -242,7 +328,9 @@ def solve(
     - `t0`: start time (default `ts[0]`); must be `<= ts[0]`.
     - `solver`: a diffrax solver (default `diffrax.Tsit5()`; use
         `diffrax.Kvaerno5()` for stiff problems).
-    - `rtol`, `atol`: tolerances of the adaptive step-size control.
+    - `rtol`, `atol`: tolerances of the adaptive step-size control (default
+        `1e-6` each), of the forward solve and of a continuous adjoint's
+        backward pass (unless the adjoint sets its own).
     - `dt0`: initial step (default: chosen automatically; required for solvers
         without an error estimate, which then take constant steps).
     - `max_steps`: the forward step budget.
@@ -272,8 +360,8 @@ def solve(
         (a few more steps when `c` needs them). Not with `LinearExpm`/`KrylovExpm`.
 
     **Returns:** a [`jaxsens.Solution`][] with `ys` (structured like `y0`, leading
-    axis `len(ts)`), `ts`, `stats`, `result`, the `sensitivity` used, and `cost`
-    with `running_cost`.
+    axis `len(ts)`), `ts`, `stats`, `result`, the `sensitivity` used, `cost`
+    with `running_cost` and `evaluate(t)` with `dense=True`.
 
     **Example:**
 
@@ -300,6 +388,14 @@ def solve(
         raise TypeError(
             f"`solver` must be a diffrax solver such as `diffrax.Tsit5()`, got {solver!r}."
         )
+    if progress_meter is not None and not isinstance(
+            progress_meter, dfx.AbstractProgressMeter):
+        raise TypeError(
+            "`progress_meter` must be a diffrax progress meter such as "
+            f"`diffrax.TqdmProgressMeter()`, got {progress_meter!r}."
+        )
+    controller, rtol, atol, controller_jumps = _check_controller(
+        stepsize_controller, rtol, atol, solver, dt0)
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     for name, tol in (("rtol", rtol), ("atol", atol)):
@@ -362,9 +458,18 @@ def solve(
                            "`dt0` must be positive (the first step size, forwards "
                            "in time). Leave it out to have it chosen automatically.")
 
-    jump_ts = _jump_times(jump_ts, field, args, solver, dtype)
+    constant_steps = isinstance(controller, dfx.ConstantStepSize)
+    jump_ts = _jump_times(jump_ts, field, args, solver, dtype, constant_steps)
+    if controller_jumps is not None:
+        # The controller's own `jump_ts` join `jump_ts`, where the backward pass
+        # sees them too; the controller keeps the rest of its settings.
+        controller_jumps = _jump_times(controller_jumps, field, args, solver, dtype)
+        jump_ts = controller_jumps if jump_ts is None else jnp.sort(
+            jnp.concatenate([jump_ts, controller_jumps]))
+        controller = eqx.tree_at(lambda c: c.jump_ts, controller, None)
     options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times,
-                           y0_traced, jump_ts=jump_ts)
+                           y0_traced, jump_ts=jump_ts, dense=dense,
+                           controller=controller, progress_meter=progress_meter)
     if event is not None:
         check_event(event, field, y0, ts, args, options)
     if running_cost is not None:
@@ -374,6 +479,7 @@ def solve(
         options = dataclasses.replace(options, running_cost=True)
         event = None if event is None else _on_state(event)
     method = sensitivity.chosen(field, y0, ts, args, options)
+    _check_dense(dense, method, event)
     if running_cost is not None and isinstance(method, (LinearExpm, KrylovExpm)):
         raise ValueError(
             f"`running_cost` with `sensitivity={type(method).__name__}()`: the cost "
@@ -399,6 +505,13 @@ def solve(
                         sensitivity=method, event_time=out.event_time,
                         event_state=event_state, event_happened=out.event_happened,
                         cost=cost)
+    if dense:
+        ys, stats, result, interpolation = dense_solve(
+            field, y0, ts, args, options, _discrete_adjoint(method, y0, options))
+        ys, _, cost = split(ys)
+        dense_output = DenseOutput(interpolation, has_cost=running_cost is not None)
+        return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method,
+                        cost=cost, dense_output=dense_output)
     # Each method checks its failures where its derivative is computed, too.
     ys, stats, result = method.solve(field, y0, ts, args, options)
     ys, _, cost = split(ys)

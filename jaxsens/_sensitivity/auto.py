@@ -365,7 +365,11 @@ class Auto(AbstractSensitivity):
 
     def chosen(self, field, y0, ts, args, options: SolveOptions) -> AbstractSensitivity:
         """The method `solve` delegates to, for `solve`'s own arguments (`options`
-        carries the solver and whether `y0` was traced)."""
+        carries the solver and whether `y0` was traced). With
+        `solve(..., dense=True)`: `Discrete()`, the one method that differentiates
+        the dense output."""
+        if options.dense:
+            return Discrete()
         return self.choose(field, y0, ts, args, solver=options.solver,
                            y0_traced=options.y0_traced)
 

@@ -24,7 +24,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from .._solution import RESULTS, as_result, checked
+from .._solution import RESULTS, as_result, checked, guarded
 
 
 class SolveOptions(eqx.Module):
@@ -39,7 +39,14 @@ class SolveOptions(eqx.Module):
     field is discontinuous, which every solve steps exactly to (forward and
     backward), or `None`. `running_cost`: the state is `(y, c)` with `c` the
     running cost's integral (`jaxsens.solve(..., running_cost=g)`); error norms
-    then take the larger of the two parts' RMS (`state_norm`).
+    then take the larger of the two parts' RMS (`state_norm`). `dense`: the
+    forward solve keeps diffrax's dense output (`solve(..., dense=True)`).
+    `controller`: the user's diffrax step-size controller
+    (`solve(..., stepsize_controller=...)`) with its own `jump_ts` moved into
+    `jump_ts`, or `None` for a `PIDController` of `rtol`/`atol`; only the forward
+    diffrax solves use it (`forward_controller`), the backward loop builds its
+    own from `rtol`/`atol`, which are then the controller's. `progress_meter`: a
+    diffrax progress meter for the forward diffrax solves, or `None`.
     """
 
     t0: Array | None
@@ -55,6 +62,9 @@ class SolveOptions(eqx.Module):
     y0_traced: bool = eqx.field(static=True, default=False)
     jump_ts: Array | None = None
     running_cost: bool = eqx.field(static=True, default=False)
+    dense: bool = eqx.field(static=True, default=False)
+    controller: dfx.AbstractStepSizeController | None = None
+    progress_meter: dfx.AbstractProgressMeter | None = None
 
     def at(self, t0) -> "SolveOptions":
         """These settings with the start time `t0` (a method's custom rule takes
@@ -156,6 +166,37 @@ def make_controller(solver, rtol, atol, dt0, norm=None, jump_ts=None):
     return dfx.ConstantStepSize()
 
 
+def forward_controller(options: SolveOptions, norm=None):
+    """The step-size controller of every forward diffrax solve: the user's
+    (`options.controller`, with `options.jump_ts` put back and `norm`, where a
+    method needs its own error norm, replacing diffrax's default one), else
+    `make_controller`'s."""
+    user = options.controller
+    if user is None:
+        return make_controller(options.solver, options.rtol, options.atol,
+                               options.dt0, norm, options.jump_ts)
+    inner = user.controller if isinstance(user, dfx.ClipStepSizeController) else user
+    if norm is not None and isinstance(inner, dfx.PIDController):
+        if inner.norm is not _DEFAULT_NORM:
+            raise ValueError(
+                "`stepsize_controller`: this solve needs its own error norm (a "
+                "running cost's, or `Forward`'s norm over the state without its "
+                "sensitivities), so the `PIDController`'s custom `norm` cannot be "
+                "used. Leave `norm` at diffrax's default, or use another "
+                "`sensitivity`/no `running_cost`."
+            )
+        inner = dataclasses.replace(inner, norm=norm)
+    if isinstance(user, dfx.ClipStepSizeController):
+        return eqx.tree_at(lambda c: (c.controller, c.jump_ts), user,
+                           (inner, options.jump_ts), is_leaf=lambda x: x is None)
+    if options.jump_ts is not None:
+        return dfx.ClipStepSizeController(inner, jump_ts=options.jump_ts)
+    return inner
+
+
+_DEFAULT_NORM = dfx.PIDController(rtol=1.0, atol=1.0).norm
+
+
 def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None,
                   saveat=None, max_steps=None, norm=None):
     """The forward solve every method shares: diffrax, saving at `ts` (`norm`: the
@@ -182,11 +223,10 @@ def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None
         y0,
         args=args,
         saveat=saveat,
-        stepsize_controller=make_controller(
-            options.solver, options.rtol, options.atol, options.dt0, norm,
-            options.jump_ts,
-        ),
+        stepsize_controller=forward_controller(options, norm),
         max_steps=max_steps,
+        progress_meter=(dfx.NoProgressMeter() if options.progress_meter is None
+                        else options.progress_meter),
         adjoint=adjoint,
         throw=False,
     )
@@ -197,6 +237,21 @@ def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None
     result = diagnose(sol.result, sol.stats, field, args, options.solver, t0,
                       ts[-1], t_end[0], y_end)
     return eqx.tree_at(lambda s: (s.ts, s.ys, s.result), sol, (ts_out, ys, result))
+
+
+def dense_solve(field, y0, ts, args, options, adjoint):
+    """`(ys, stats, result, interpolation)`: the forward solve with diffrax's dense
+    output, differentiated by diffrax's `adjoint` (`Discrete`'s), its derivative
+    checked against the result as `Discrete`'s `ys` are."""
+    problem = as_problem(field, y0, ts, args, options)
+    sol = diffrax_solve(problem.field, y0, ts, problem.args, options,
+                        adjoint=adjoint, dense=True)
+    inputs = (problem.diff, y0, ts, options.t0)
+    coeffs, rest = eqx.partition(sol.interpolation, eqx.is_inexact_array)
+    ys, coeffs = guarded((sol.ys, coeffs), sol.result, options.throw, inputs)
+    if options.throw:
+        ys, coeffs = checked((ys, coeffs), sol.result, True)
+    return ys, stats_of(sol), sol.result, eqx.combine(coeffs, rest)
 
 
 # At least this many steps, a quarter of them rejected: the step size collapsed.
