@@ -21,7 +21,7 @@ from ._sensitivity.base import (
     dense_solve,
     static_times,
 )
-from ._sensitivity.discrete import Discrete, default_checkpoints
+from ._sensitivity.discrete import Discrete
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm
 from ._solution import DenseOutput, Solution
@@ -284,16 +284,6 @@ def _check_dense(dense, method, event):
         )
 
 
-def _discrete_adjoint(method: Discrete, y0, options):
-    """The diffrax adjoint `Discrete.solve` differentiates through."""
-    if method.forward_mode:
-        return dfx.DirectAdjoint()
-    checkpoints = method.checkpoints
-    if checkpoints is None:
-        checkpoints = default_checkpoints(y0, options.max_steps)
-    return dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
-
-
 def solve(
     field,
     y0: PyTree[ArrayLike],
@@ -507,7 +497,7 @@ def solve(
                         cost=cost)
     if dense:
         ys, stats, result, interpolation = dense_solve(
-            field, y0, ts, args, options, _discrete_adjoint(method, y0, options))
+            field, y0, ts, args, options, method.diffrax_adjoint(y0, options.max_steps))
         ys, _, cost = split(ys)
         dense_output = DenseOutput(interpolation, has_cost=running_cost is not None)
         return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method,

@@ -97,14 +97,17 @@ class Discrete(AbstractSensitivity):
                 "differentiates through diffrax's `DirectAdjoint`."
             )
 
-    def solve(self, field, y0, ts, args, options):
+    def diffrax_adjoint(self, y0, max_steps: int) -> dfx.AbstractAdjoint:
+        """The diffrax adjoint this method differentiates through."""
         if self.forward_mode:
-            adjoint = dfx.DirectAdjoint()
-        else:
-            checkpoints = self.checkpoints
-            if checkpoints is None:
-                checkpoints = default_checkpoints(y0, options.max_steps)
-            adjoint = dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
+            return dfx.DirectAdjoint()
+        checkpoints = self.checkpoints
+        if checkpoints is None:
+            checkpoints = default_checkpoints(y0, max_steps)
+        return dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
+
+    def solve(self, field, y0, ts, args, options):
+        adjoint = self.diffrax_adjoint(y0, options.max_steps)
         problem = as_problem(field, y0, ts, args, options)
         sol = diffrax_solve(problem.field, y0, ts, problem.args, options,
                             adjoint=adjoint)
