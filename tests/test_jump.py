@@ -14,19 +14,12 @@ from jaxsens._control import control_knots
 from jaxsens._sensitivity._backward import _recording
 from jaxsens._sensitivity.base import SolveOptions
 
+from . import helpers
 from .helpers import rel_err
 
 
 # `Auto` picks `Forward` here (`test_chosen_is_the_method_itself_except_for_auto`).
-METHODS = {
-    "Discrete": jaxsens.Discrete(),
-    "Forward": jaxsens.Forward(),
-    "Backsolve": jaxsens.BacksolveAdjoint(),
-    "Interpolating": jaxsens.InterpolatingAdjoint(),
-    "Checkpointed": jaxsens.InterpolatingAdjoint(checkpoints=2),
-    "Quadrature": jaxsens.QuadratureAdjoint(),
-    "Gauss": jaxsens.GaussAdjoint(),
-}
+METHODS = helpers.METHODS
 TOL = dict(rtol=1e-10, atol=1e-10, max_steps=256)
 Y0 = 1.0
 SWITCH = 0.5

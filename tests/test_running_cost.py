@@ -9,18 +9,12 @@ import pytest
 
 import jaxsens
 
+from . import helpers
 from .helpers import rel_err
 
 
 # `Auto` picks `Forward` here (`test_auto_picks_from_the_state_with_its_cost`).
-METHODS = {
-    "Discrete": jaxsens.Discrete(),
-    "Forward": jaxsens.Forward(),
-    "Backsolve": jaxsens.BacksolveAdjoint(),
-    "Interpolating": jaxsens.InterpolatingAdjoint(),
-    "Quadrature": jaxsens.QuadratureAdjoint(),
-    "Gauss": jaxsens.GaussAdjoint(),
-}
+METHODS = {k: m for k, m in helpers.METHODS.items() if "checkpoints" not in k}
 TOL = dict(rtol=1e-10, atol=1e-10, max_steps=256)
 T = 2.0
 TS = jnp.array([0.0, 1.0, T])
