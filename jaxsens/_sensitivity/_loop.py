@@ -21,15 +21,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 from .._solution import RESULTS
-from .base import make_controller
-
-
-def rms_norm(tree) -> Array:
-    leaves = [jnp.ravel(x) for x in jtu.tree_leaves(tree)]
-    if not leaves:
-        return jnp.array(0.0)
-    x = jnp.concatenate(leaves)
-    return jnp.sqrt(jnp.mean(jnp.abs(x) ** 2))
+from .base import make_controller, rms_norm as rms_norm
 
 
 class FlatState:

@@ -116,7 +116,8 @@ class AbstractSensitivity(eqx.Module):
         return self
 
 
-def _rms(tree) -> Array:
+def rms_norm(tree) -> Array:
+    """The RMS over every entry of `tree` (0 for an empty one)."""
     leaves = [jnp.ravel(x) for x in jtu.tree_leaves(tree)]
     if not leaves:
         return jnp.array(0.0)
@@ -129,7 +130,7 @@ def cost_norm(tree) -> Array:
     so `y`'s steps are controlled at least as tightly as without the cost (an RMS
     over both would dilute `y`'s error by the extra entry)."""
     y, c = tree
-    return jnp.maximum(_rms(y), _rms(c))
+    return jnp.maximum(rms_norm(y), rms_norm(c))
 
 
 def state_norm(options: SolveOptions):
