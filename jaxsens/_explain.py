@@ -4,7 +4,6 @@ can be trusted at the requested tolerances."""
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
@@ -17,7 +16,13 @@ from jaxtyping import ArrayLike, Float, PyTree, Scalar
 
 from . import _xla
 from ._sensitivity.auto import Auto, AutoDecision
-from ._sensitivity.base import AbstractSensitivity, float_args_as_arrays
+from ._sensitivity.base import (
+    DEFAULT_TOL,
+    MAX_STEPS,
+    AbstractSensitivity,
+    SolverSettings,
+    float_args_as_arrays,
+)
 from ._sensitivity.discrete import Discrete
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm
@@ -195,28 +200,17 @@ def _split_parts(flat_tree) -> dict[str, np.ndarray]:
     return out
 
 
-class _Options(eqx.Module):
-    t0: Any
-    solver: Any
-    dt0: Any
-    rtol: float
-    atol: float
-    max_steps: int
-
-
-def _solve(diff, static, ts, method, opts: _Options):
+def _solve(diff, static, ts, t0, method, settings: SolverSettings):
     f, y, a = eqx.combine(diff, static)
-    return solve(f, y, ts, a, t0=opts.t0, solver=opts.solver, dt0=opts.dt0,
-                 rtol=opts.rtol, atol=opts.atol, max_steps=opts.max_steps,
-                 sensitivity=method)
+    return solve(f, y, ts, a, t0=t0, sensitivity=method, **settings.keywords())
 
 
 # Module-level compiled functions: the loss, the method and every non-array
 # setting are static (hashed), so explaining the same problem again reuses them.
 @eqx.filter_jit
-def _grad_and_ys(diff, static, ts, loss, method, opts):
+def _grad_and_ys(diff, static, ts, t0, loss, method, settings):
     def fn(d):
-        ys = _solve(d, static, ts, method, opts).ys
+        ys = _solve(d, static, ts, t0, method, settings).ys
         out = loss(ys)
         if jnp.shape(out) != ():
             raise ValueError(
@@ -228,8 +222,8 @@ def _grad_and_ys(diff, static, ts, loss, method, opts):
 
 
 @eqx.filter_jit
-def _ys(diff, static, ts, opts):
-    return _solve(diff, static, ts, Discrete(), opts).ys
+def _ys(diff, static, ts, t0, settings):
+    return _solve(diff, static, ts, t0, Discrete(), settings).ys
 
 
 def _rel(a, b) -> float:
@@ -246,10 +240,10 @@ def explain(
     *,
     t0: float | None = None,
     solver: dfx.AbstractSolver | None = None,
-    rtol: float = 1e-6,
-    atol: float = 1e-6,
+    rtol: float = DEFAULT_TOL,
+    atol: float = DEFAULT_TOL,
     dt0: float | None = None,
-    max_steps: int = 16**3,
+    max_steps: int = MAX_STEPS,
     loss: Callable[[PyTree], Scalar] | None = None,
     probe: bool = True,
     probe_factor: float = 1000.0,
@@ -317,9 +311,12 @@ def explain(
         raise ValueError(f"`probe_factor` must be a number > 1, got {probe_factor!r}.")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"`repeats` must be a positive int, got {repeats!r}.")
+    # Stricter than `solve`'s check: the probe computes with the tolerances, so
+    # they must be Python numbers here (not `None`, not traced).
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not isinstance(tol, (int, float)) or not tol > 0:
             raise ValueError(f"`{name}` must be a positive number, got {tol!r}.")
+    settings = SolverSettings(solver, rtol, atol, dt0, max_steps)
     loss = sum_of_squares if loss is None else loss
     if not callable(loss):
         raise TypeError(
@@ -330,16 +327,12 @@ def explain(
     # As in `solve`, so the probe and its float64 reference differentiate the same
     # leaves.
     args = float_args_as_arrays(args)
-    decision = auto.decide(field, y0, ts, args, solver=solver)
+    decision = auto.decide(field, y0, ts, args, solver=settings.solver)
     method = decision.method if sensitivity is None else sensitivity
     if isinstance(method, Auto):
         method = decision.method
     inputs = (field, y0, args)
     diff, static = eqx.partition(inputs, eqx.is_inexact_array)
-
-    def grad_and_ys(m, rtol_, atol_, steps, diff_, static_, ts_):
-        opts = _Options(t0, solver, dt0, rtol_, atol_, steps)
-        return _grad_and_ys(diff_, static_, ts_, loss, m, opts)
 
     warnings: list[str] = []
     hints: list[str] = []
@@ -360,7 +353,7 @@ def explain(
         )
     if (probe and not exact) or timing:
         def user_grad():
-            return grad_and_ys(method, rtol, atol, max_steps, diff, static, ts)
+            return _grad_and_ys(diff, static, ts, t0, loss, method, settings)
 
         start = time.perf_counter()
         g_user, ys_user = jax.block_until_ready(user_grad())
@@ -389,8 +382,10 @@ def explain(
                 "with `jax.config.update(\"jax_enable_x64\", True)` for a sharper "
                 "probe."
             )
-        g_ref, ys_ref = grad_and_ys(Discrete(), ref_rtol, ref_atol, max_steps * 16,
-                                    diff64, static64, ts64)
+        reference = dataclasses.replace(settings, rtol=ref_rtol, atol=ref_atol,
+                                        max_steps=16 * settings.max_steps)
+        g_ref, ys_ref = _grad_and_ys(diff64, static64, ts64, t0, loss, Discrete(),
+                                     reference)
         ys_for_scale = ys_ref
         parts_user = _split_parts(g_user)
         parts_ref = _split_parts(g_ref)
@@ -428,8 +423,7 @@ def explain(
                     )
     if ys_for_scale is None:
         # No gradient computed: one plain solve for the state's scale.
-        opts = _Options(t0, solver, dt0, rtol, atol, max_steps)
-        ys_for_scale = _ys(diff, static, ts, opts)
+        ys_for_scale = _ys(diff, static, ts, t0, settings)
     scale = _state_scale(ys_for_scale)
     if scale:
         s = scale["smallest"]

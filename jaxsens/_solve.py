@@ -15,8 +15,11 @@ from ._control import control_knots
 from ._event import check_event, solve_with_event
 from ._sensitivity.auto import Auto, has_tracer
 from ._sensitivity.base import (
+    DEFAULT_TOL,
+    MAX_STEPS,
     AbstractSensitivity,
     SolveOptions,
+    SolverSettings,
     all_finite,
     dense_solve,
     static_times,
@@ -128,19 +131,21 @@ def _check_field_output(field, t0, y0, args):
             )
 
 
-_DEFAULT_TOL = 1e-6
 _CONTROLLERS = ("`diffrax.PIDController(rtol=..., atol=...)` (with any of its "
                 "options, `jump_ts` and `step_ts` included) or "
                 "`diffrax.ConstantStepSize()`")
 
 
-def _check_controller(controller, rtol, atol, solver, dt0):
-    """`(controller, rtol, atol, controller_jump_ts)`: the user's step-size
-    controller (or `None`), the tolerances every solve of this call uses (the
-    controller's, or `rtol`/`atol`), and the controller's own `jump_ts`."""
+def _check_controller(controller, settings: SolverSettings):
+    """`(controller, settings, controller_jump_ts)`: the user's step-size
+    controller (or `None`), `settings` with the tolerances every solve of this
+    call uses (the controller's, or `rtol`/`atol`, by default `DEFAULT_TOL`), and
+    the controller's own `jump_ts`."""
+    rtol, atol, solver = settings.rtol, settings.atol, settings.solver
     if controller is None:
-        return (None, _DEFAULT_TOL if rtol is None else rtol,
-                _DEFAULT_TOL if atol is None else atol, None)
+        return None, dataclasses.replace(
+            settings, rtol=DEFAULT_TOL if rtol is None else rtol,
+            atol=DEFAULT_TOL if atol is None else atol), None
     inner = (controller.controller
              if isinstance(controller, dfx.ClipStepSizeController) else controller)
     if not isinstance(inner, (dfx.PIDController, dfx.ConstantStepSize)):
@@ -154,12 +159,13 @@ def _check_controller(controller, rtol, atol, solver, dt0):
             "atol=...)`) and leave `solve`'s `rtol`/`atol` out."
         )
     if isinstance(inner, dfx.ConstantStepSize):
-        if dt0 is None:
+        if settings.dt0 is None:
             raise ValueError(
                 "`stepsize_controller=diffrax.ConstantStepSize()` takes constant "
                 "steps of `dt0`: pass `dt0=` (the step size)."
             )
-        return controller, _DEFAULT_TOL, _DEFAULT_TOL, None
+        return controller, dataclasses.replace(
+            settings, rtol=DEFAULT_TOL, atol=DEFAULT_TOL), None
     if not isinstance(solver, dfx.AbstractAdaptiveSolver):
         raise ValueError(
             f"`stepsize_controller=PIDController(...)` with `solver="
@@ -169,7 +175,9 @@ def _check_controller(controller, rtol, atol, solver, dt0):
         )
     jumps = (controller.jump_ts
              if isinstance(controller, dfx.ClipStepSizeController) else None)
-    return controller, inner.rtol, inner.atol, jumps
+    # Checked as the user's would be (`SolverSettings.__check_init__`).
+    return controller, dataclasses.replace(
+        settings, rtol=inner.rtol, atol=inner.atol), jumps
 
 
 def _jump_times(jump_ts, field, args, solver, dtype, constant_steps=False):
@@ -295,7 +303,7 @@ def solve(
     rtol: float | None = None,
     atol: float | None = None,
     dt0: float | None = None,
-    max_steps: int = 16**3,
+    max_steps: int = MAX_STEPS,
     sensitivity: AbstractSensitivity = Auto(),  # noqa: B008 (immutable Module)
     throw: bool = True,
     event: dfx.Event | None = None,
@@ -372,31 +380,15 @@ def solve(
     ```
     """
     _check_sensitivity(sensitivity)
-    if solver is None:
-        solver = dfx.Tsit5()
-    if not isinstance(solver, dfx.AbstractSolver):
-        raise TypeError(
-            f"`solver` must be a diffrax solver such as `diffrax.Tsit5()`, got {solver!r}."
-        )
+    settings = SolverSettings(solver, rtol, atol, dt0, max_steps)
     if progress_meter is not None and not isinstance(
             progress_meter, dfx.AbstractProgressMeter):
         raise TypeError(
             "`progress_meter` must be a diffrax progress meter such as "
             f"`diffrax.TqdmProgressMeter()`, got {progress_meter!r}."
         )
-    controller, rtol, atol, controller_jumps = _check_controller(
-        stepsize_controller, rtol, atol, solver, dt0)
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if isinstance(tol, (int, float)) and not tol > 0:
-            raise ValueError(f"`{name}` must be positive, got {tol!r}.")
-
-    if isinstance(dt0, (int, float)) and not dt0 > 0:
-        raise ValueError(
-            f"`dt0` must be positive (the first step size, forwards in time), got "
-            f"{dt0!r}. Leave it out to have it chosen automatically."
-        )
+    controller, settings, controller_jumps = _check_controller(
+        stepsize_controller, settings)
     # Before the checks below turn it into a traced value inside `jit`: whether
     # `y0` can be differentiated at all, for `Auto`.
     y0_traced = has_tracer(y0)
@@ -438,28 +430,23 @@ def solve(
         "`y0` contains NaN or inf. Check how the initial state was built.",
     )
     # Traced settings are checked on their own values, before diffrax reads them
-    # (a Python number was checked above).
-    if not isinstance(rtol, (int, float)):
-        rtol = eqx.error_if(rtol, ~(jnp.asarray(rtol) > 0), "`rtol` must be positive.")
-    if not isinstance(atol, (int, float)):
-        atol = eqx.error_if(atol, ~(jnp.asarray(atol) > 0), "`atol` must be positive.")
-    if dt0 is not None and not isinstance(dt0, (int, float)):
-        dt0 = eqx.error_if(dt0, ~(jnp.asarray(dt0) > 0),
-                           "`dt0` must be positive (the first step size, forwards "
-                           "in time). Leave it out to have it chosen automatically.")
+    # (a Python number was checked when `settings` was built).
+    settings = settings.checked_values()
 
     constant_steps = isinstance(controller, dfx.ConstantStepSize)
-    jump_ts = _jump_times(jump_ts, field, args, solver, dtype, constant_steps)
+    jump_ts = _jump_times(jump_ts, field, args, settings.solver, dtype, constant_steps)
     if controller_jumps is not None:
         # The controller's own `jump_ts` join `jump_ts`, where the backward pass
         # sees them too; the controller keeps the rest of its settings.
-        controller_jumps = _jump_times(controller_jumps, field, args, solver, dtype)
+        controller_jumps = _jump_times(controller_jumps, field, args, settings.solver,
+                                       dtype)
         jump_ts = controller_jumps if jump_ts is None else jnp.sort(
             jnp.concatenate([jump_ts, controller_jumps]))
         controller = eqx.tree_at(lambda c: c.jump_ts, controller, None)
-    options = SolveOptions(t0, solver, rtol, atol, dt0, max_steps, throw, known_times,
-                           y0_traced, jump_ts=jump_ts, dense=dense,
-                           controller=controller, progress_meter=progress_meter)
+    options = SolveOptions(t0, **settings.keywords(), throw=throw,
+                           static_times=known_times, y0_traced=y0_traced,
+                           jump_ts=jump_ts, dense=dense, controller=controller,
+                           progress_meter=progress_meter)
     if event is not None:
         check_event(event, field, y0, ts, args, options)
     if running_cost is not None:

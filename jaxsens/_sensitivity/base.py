@@ -27,9 +27,87 @@ from jaxtyping import Array, PyTree
 from .._solution import RESULTS, as_result, checked, guarded
 
 
+DEFAULT_TOL = 1e-6
+MAX_STEPS = 16**3
+
+
+def _default_solver(solver):
+    return dfx.Tsit5() if solver is None else solver
+
+
+class SolverSettings(eqx.Module):
+    """How a solve steps in time, as a user sets it: the one declaration of the
+    settings `jaxsens.solve` takes as keywords, `jaxsens.nn.NeuralODE` stores and
+    `jaxsens.explain` hands on, with their defaults and their checks.
+
+    `solver=None` is `diffrax.Tsit5()`. `rtol`/`atol=None`: not given (`solve`
+    then uses `DEFAULT_TOL`, or the step-size controller's). `dt0=None`: chosen
+    by diffrax. Python numbers are checked here; traced ones (only `solve` gets
+    them) by `checked_values`. `solve` resolves these into `SolveOptions`.
+    """
+
+    solver: dfx.AbstractSolver = eqx.field(default=None, converter=_default_solver)
+    rtol: float | None = None
+    atol: float | None = None
+    dt0: float | None = None
+    max_steps: int = eqx.field(static=True, default=MAX_STEPS)
+
+    def __check_init__(self):
+        if not isinstance(self.solver, dfx.AbstractSolver):
+            raise TypeError(
+                "`solver` must be a diffrax solver such as `diffrax.Tsit5()`, got "
+                f"{self.solver!r}."
+            )
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(
+                f"`max_steps` must be a positive int, got {self.max_steps!r}."
+            )
+        for name in ("rtol", "atol"):
+            tol = getattr(self, name)
+            if isinstance(tol, (int, float)) and not tol > 0:
+                raise ValueError(f"`{name}` must be positive, got {tol!r}.")
+        if isinstance(self.dt0, (int, float)) and not self.dt0 > 0:
+            raise ValueError(
+                "`dt0` must be positive (the first step size, forwards in time), got "
+                f"{self.dt0!r}. Leave it out to have it chosen automatically."
+            )
+
+    def checked_values(self) -> "SolverSettings":
+        """These settings with a traced `rtol`, `atol` or `dt0` checked on its
+        value (under `jit`), as `__check_init__` checks Python numbers."""
+        def check(x, message):
+            if x is None or isinstance(x, (int, float)):
+                return x
+            return eqx.error_if(x, ~(jnp.asarray(x) > 0), message)
+
+        return dataclasses.replace(
+            self,
+            rtol=check(self.rtol, "`rtol` must be positive."),
+            atol=check(self.atol, "`atol` must be positive."),
+            dt0=check(self.dt0, "`dt0` must be positive (the first step size, "
+                      "forwards in time). Leave it out to have it chosen "
+                      "automatically."),
+        )
+
+    def keywords(self) -> dict[str, Any]:
+        """These settings as keywords of `jaxsens.solve` (and of `SolveOptions`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def of(cls, obj) -> "SolverSettings":
+        """The settings held by `obj` (e.g. a `NeuralODE`) as attributes of the
+        same names."""
+        return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})
+
+
 class SolveOptions(eqx.Module):
     """The settings of one `jaxsens.solve` call, handed to a sensitivity method.
 
+    `solver`, `rtol`, `atol`, `dt0`, `max_steps`: a `SolverSettings`' values as
+    `solve` resolved them (`SolveOptions(..., **settings.keywords())`): the
+    tolerances in use, never `None` (the step-size controller's when one was
+    given), possibly traced. They are fields of their own, not one
+    `SolverSettings` field, because every method reads them (`options.rtol`).
     `static_times` is `(t0, ts)` as Python floats when both were known at trace
     time (not traced; at most `STATIC_TIMES_MAX` save times), else `None`: a
     method may then decide things about the grid in Python instead of tracing
@@ -240,19 +318,26 @@ def diffrax_solve(field, y0, ts, args, options, *, adjoint, dense=False, t0=None
     return eqx.tree_at(lambda s: (s.ts, s.ys, s.result), sol, (ts_out, ys, result))
 
 
-def dense_solve(field, y0, ts, args, options, adjoint):
-    """`(ys, stats, result, interpolation)`: the forward solve with diffrax's dense
-    output, differentiated by diffrax's `adjoint` (`Discrete`'s), its derivative
-    checked against the result as `Discrete`'s `ys` are."""
+def discrete_solve(field, y0, ts, args, options, adjoint, *, dense=False):
+    """`(ys, stats, result, interpolation)`: the forward solve differentiated by
+    diffrax's own `adjoint` (`Discrete`'s), its output and derivative checked
+    against the result; `interpolation` is diffrax's dense output with `dense`,
+    else `None`."""
     problem = as_problem(field, y0, ts, args, options)
     sol = diffrax_solve(problem.field, y0, ts, problem.args, options,
-                        adjoint=adjoint, dense=True)
+                        adjoint=adjoint, dense=dense)
     inputs = (problem.diff, y0, ts, options.t0)
     coeffs, rest = eqx.partition(sol.interpolation, eqx.is_inexact_array)
     ys, coeffs = guarded((sol.ys, coeffs), sol.result, options.throw, inputs)
     if options.throw:
         ys, coeffs = checked((ys, coeffs), sol.result, True)
     return ys, stats_of(sol), sol.result, eqx.combine(coeffs, rest)
+
+
+def dense_solve(field, y0, ts, args, options, adjoint):
+    """`solve(..., dense=True)`'s solve: `Discrete`'s (`discrete_solve`), with
+    diffrax's dense output."""
+    return discrete_solve(field, y0, ts, args, options, adjoint, dense=True)
 
 
 # At least this many steps, a quarter of them rejected: the step size collapsed.

@@ -3,8 +3,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from .._solution import checked, guarded
-from .base import AbstractSensitivity, as_problem, diffrax_solve, stats_of
+from .base import AbstractSensitivity, discrete_solve
 
 
 # Store every step when the stored states, `max_steps` of them, take at most this
@@ -108,13 +107,7 @@ class Discrete(AbstractSensitivity):
 
     def solve(self, field, y0, ts, args, options):
         adjoint = self.diffrax_adjoint(y0, options.max_steps)
-        problem = as_problem(field, y0, ts, args, options)
-        sol = diffrax_solve(problem.field, y0, ts, problem.args, options,
-                            adjoint=adjoint)
-        inputs = (problem.diff, y0, ts, options.t0)
-        ys = guarded(sol.ys, sol.result, options.throw, inputs)
-        if options.throw:
-            ys = checked(ys, sol.result, True)
-        return ys, stats_of(sol), sol.result
+        ys, stats, result, _ = discrete_solve(field, y0, ts, args, options, adjoint)
+        return ys, stats, result
 
 

@@ -12,7 +12,12 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._batch import batched_field
 from .._sensitivity.auto import Auto
-from .._sensitivity.base import AbstractSensitivity
+from .._sensitivity.base import (
+    DEFAULT_TOL,
+    MAX_STEPS,
+    AbstractSensitivity,
+    SolverSettings,
+)
 from .._solution import Solution
 from .._solve import solve
 
@@ -55,6 +60,9 @@ class NeuralODE(eqx.Module):
     """
 
     field: Callable
+    # `SolverSettings`' fields, declared again because they are this Module's
+    # public attributes (`model.rtol`, `dataclasses.replace(model, rtol=...)`);
+    # `__init__` sets them from one `SolverSettings`, `solve` hands them on as one.
     solver: dfx.AbstractSolver = eqx.field(static=True)
     rtol: float = eqx.field(static=True)
     atol: float = eqx.field(static=True)
@@ -63,8 +71,8 @@ class NeuralODE(eqx.Module):
     sensitivity: AbstractSensitivity = eqx.field(static=True)
 
     def __init__(self, field: Callable, *, solver: dfx.AbstractSolver | None = None,
-                 rtol: float = 1e-6, atol: float = 1e-6, dt0: float | None = None,
-                 max_steps: int = 4096,
+                 rtol: float = DEFAULT_TOL, atol: float = DEFAULT_TOL,
+                 dt0: float | None = None, max_steps: int = MAX_STEPS,
                  sensitivity: AbstractSensitivity | None = None):
         if not callable(field):
             raise TypeError(
@@ -72,21 +80,18 @@ class NeuralODE(eqx.Module):
                 f"{field!r}."
             )
         self.field = field
-        self.solver = dfx.Tsit5() if solver is None else solver
-        self.rtol = rtol
-        self.atol = atol
-        self.dt0 = dt0
-        self.max_steps = max_steps
+        # Its defaults (`solver=None` is Tsit5) and checks, as `solve` has them.
+        settings = SolverSettings(solver, rtol, atol, dt0, max_steps)
+        for name, value in settings.keywords().items():
+            setattr(self, name, value)
         self.sensitivity = Auto() if sensitivity is None else sensitivity
 
     def solve(self, y0: PyTree[ArrayLike], ts: Float[ArrayLike, " times"],
               args: PyTree = None, *, field: Callable | None = None) -> Solution:
         """The full `jaxsens.Solution` of `dy/dt = field(t, y, args)` from `y0`."""
-        return solve(
-            self.field if field is None else field, y0, ts, args,
-            solver=self.solver, rtol=self.rtol, atol=self.atol, dt0=self.dt0,
-            max_steps=self.max_steps, sensitivity=self.sensitivity,
-        )
+        return solve(self.field if field is None else field, y0, ts, args,
+                     sensitivity=self.sensitivity,
+                     **SolverSettings.of(self).keywords())
 
     def __call__(self, y0: PyTree[ArrayLike], ts: Float[ArrayLike, " times"],
                  args: PyTree = None) -> PyTree[Array]:
