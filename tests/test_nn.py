@@ -181,6 +181,13 @@ def test_errors():
         jaxsens.nn.UDE(field, 3.0)
     with pytest.raises(TypeError, match="needs a vector field"):
         jaxsens.nn.NeuralODE(jnp.ones(2))
+    # The settings are checked when the model is built, as `solve` checks them.
+    with pytest.raises(ValueError, match="`max_steps` must be a positive int"):
+        jaxsens.nn.NeuralODE(cfield, max_steps=0)
+    with pytest.raises(ValueError, match="`rtol` must be positive"):
+        jaxsens.nn.NeuralODE(cfield, rtol=-1.0)
+    with pytest.raises(TypeError, match="`solver` must be a diffrax solver"):
+        jaxsens.nn.NeuralODE(cfield, solver="tsit5")
     model = jaxsens.nn.NeuralODE(cfield)
     with pytest.raises(ValueError, match="`y0_axis` must be 0 or None"):
         model.batched(Y0, TS, CONTROL, y0_axis=1)
