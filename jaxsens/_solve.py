@@ -22,6 +22,7 @@ from ._sensitivity.base import (
     static_times,
 )
 from ._sensitivity.discrete import Discrete
+from ._sensitivity.forward import Forward
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm
 from ._solution import DenseOutput, Solution
@@ -274,13 +275,14 @@ def _check_dense(dense, method, event):
             "event is not supported. Save the times you need with `ts`, or solve "
             "without the event."
         )
-    if not isinstance(method, Discrete):
+    if not isinstance(method, (Discrete, Forward)):
         raise ValueError(
             f"`dense=True` with `sensitivity={type(method).__name__}()`: only "
-            "`Discrete()` differentiates the dense output (`sol.evaluate(t)`, "
-            "through diffrax's own backpropagation), and `Auto()` then picks it. "
-            "Pass `sensitivity=jaxsens.Discrete()`, or add the times you need to "
-            "`ts` and keep this method."
+            "`Discrete()` (through diffrax's own backpropagation) and `Forward()` "
+            "(the sensitivities' own dense output) differentiate the dense output "
+            "`sol.evaluate(t)`, and `Auto()` then picks `Discrete()`. Pass "
+            "`sensitivity=jaxsens.Discrete()` or `jaxsens.Forward()`, or add the "
+            "times you need to `ts` and keep this method."
         )
 
 
@@ -496,8 +498,13 @@ def solve(
                         event_state=event_state, event_happened=out.event_happened,
                         cost=cost)
     if dense:
-        ys, stats, result, interpolation = dense_solve(
-            field, y0, ts, args, options, method.diffrax_adjoint(y0, options.max_steps))
+        if isinstance(method, Forward):
+            ys, stats, result, interpolation = method.solve_dense(
+                field, y0, ts, args, options)
+        else:
+            ys, stats, result, interpolation = dense_solve(
+                field, y0, ts, args, options,
+                method.diffrax_adjoint(y0, options.max_steps))
         ys, _, cost = split(ys)
         dense_output = DenseOutput(interpolation, has_cost=running_cost is not None)
         return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method,
