@@ -1,9 +1,11 @@
-"""`solve(..., dense=True)` (`sol.evaluate(t)`), `stepsize_controller=` and
+"""`solve(..., dense=True)` (`sol.evaluate(t)`, by `Discrete()` and `Forward()`),
+`stepsize_controller=` and
 `progress_meter=`, on exponential decay `y' = -k y` (closed form `y0 e^{-k t}`)."""
 
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxsens
@@ -20,14 +22,14 @@ def decay(t, y, k):
 
 
 def _rel(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 DISCRETE = jaxsens.Discrete()
 
 
-def _dense(k, sensitivity=DISCRETE, **kwargs):
-    return jaxsens.solve(decay, Y0, TS, k, rtol=TOL, atol=TOL, dense=True,
+def _dense(k, sensitivity=DISCRETE, y0=Y0, **kwargs):
+    return jaxsens.solve(decay, y0, TS, k, rtol=TOL, atol=TOL, dense=True,
                          sensitivity=sensitivity, **kwargs)
 
 
@@ -56,6 +58,56 @@ def test_evaluate_gradient(evaluate):
     assert abs(float(grad - exact)) / abs(float(exact)) <= 1e-6
 
 
+# --- `Forward()` with `dense=True`: against the closed form and against `Discrete()`
+
+FORWARD = jaxsens.Forward()
+T_IN = jnp.array([0.13, 0.37, 0.81])
+W = jnp.array([1.0, -3.0])  # a weighted loss, so that a sign or a swap shows
+
+
+@pytest.fixture(scope="module")
+def forward_dense():
+    """At each of `T_IN`, by `Forward()`, with `L(t) = W·y(t)`: `y(t)` and
+    `∂y/∂(k, y0)` by `jax.jacfwd`, `∂L/∂(k, y0, t)` by `jax.grad`: one compiled
+    function."""
+
+    def values(k, y0):
+        return jax.vmap(lambda t: _dense(k, FORWARD, y0=y0).evaluate(t))(T_IN)
+
+    def loss(k, y0, t):
+        return jnp.dot(W, _dense(k, FORWARD, y0=y0).evaluate(t))
+
+    def run(k, y0):
+        jac, ys = jax.jacfwd(lambda k, y0: (values(k, y0),) * 2, (0, 1),
+                             has_aux=True)(k, y0)
+        grads = jax.vmap(lambda t: jax.grad(loss, (0, 1, 2))(k, y0, t))(T_IN)
+        return ys, jac, grads
+
+    return jax.tree_util.tree_map(np.asarray, jax.jit(run)(K, Y0))
+
+
+def test_forward_evaluate(forward_dense, evaluate):
+    """`sol.evaluate(t)` by `Forward()` between save times: value, `jacfwd` and
+    `grad` (w.r.t. `k`, `y0` and `t`) against the closed form and `Discrete()`."""
+    ys, (j_k, j_y0), (g_k, g_y0, g_t) = forward_dense
+    t = np.asarray(T_IN)
+    decay_t = np.exp(-K * t)
+    y0, w = np.asarray(Y0), np.asarray(W)
+    assert _rel(ys, y0 * decay_t[:, None]) <= 1e-8
+    # ∂y_i(t)/∂k = -t e^{-kt} y0_i, ∂y_i(t)/∂y0_j = e^{-kt} δ_ij.
+    assert _rel(j_k, -(t * decay_t)[:, None] * y0) <= 1e-8
+    assert _rel(j_y0, decay_t[:, None, None] * np.eye(2)) <= 1e-8
+    # ∂L/∂k = -t e^{-kt} W·y0, ∂L/∂y0 = e^{-kt} W, ∂L/∂t = -k e^{-kt} W·y0.
+    assert _rel(g_k, -t * decay_t * (w @ y0)) <= 1e-8
+    assert _rel(g_y0, decay_t[:, None] * w) <= 1e-8
+    assert _rel(g_t, -K * decay_t * (w @ y0)) <= 1e-8
+    # `Discrete()` differentiates the same computed solution: agreement far below
+    # the tolerance, in value and in `d Σy(0.37)/dk` (`T_IN[1] = 0.37`).
+    d_values, d_grad = evaluate(K, jnp.array([0.13, 0.37, 0.81, 1.0]))
+    assert _rel(ys, d_values[:3]) <= 1e-12
+    assert _rel(np.sum(j_k[1]), d_grad) <= 1e-9
+
+
 def test_auto_picks_discrete_with_running_cost():
     def run():
         sol = jaxsens.solve(decay, Y0, TS, K, dense=True,
@@ -68,10 +120,9 @@ def test_auto_picks_discrete_with_running_cost():
 
 
 def test_dense_errors():
-    with pytest.raises(ValueError, match="only `Discrete\\(\\)` differentiates"):
+    match = "only `Discrete\\(\\)` .* and `Forward\\(\\)` .* differentiate"
+    with pytest.raises(ValueError, match=match):
         _dense(K, sensitivity=jaxsens.GaussAdjoint())
-    with pytest.raises(ValueError, match="only `Discrete\\(\\)` differentiates"):
-        _dense(K, sensitivity=jaxsens.Forward())
     with pytest.raises(TypeError, match="`dense` must be True or False"):
         jaxsens.solve(decay, Y0, TS, K, dense="yes")
     event = dfx.Event(lambda t, y, args, **kw: y[0] < 0.5)
