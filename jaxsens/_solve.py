@@ -350,6 +350,15 @@ def solve(
         state (a state `(y, c)`); the error control takes the larger of `y`'s and
         `c`'s errors, so `y` is never solved less accurately than without it
         (a few more steps when `c` needs them). Not with `LinearExpm`/`KrylovExpm`.
+    - `dense`: keep the solver's dense output, so that `sol.evaluate(t)` gives
+        the state at any `t` in `[t0, ts[-1]]`, differentiable (w.r.t. `t` too)
+        by `Discrete()` (through diffrax) or `Forward()` (the sensitivities'
+        own dense output); `Auto()` then picks `Discrete()`, other methods raise.
+        Not with `event=`.
+    - `progress_meter`: a diffrax progress meter, e.g.
+        `diffrax.TqdmProgressMeter()`, for the forward solve and for a continuous
+        adjoint's backward pass (its own meter, by the fraction of `[t0, ts[-1]]`
+        covered).
 
     **Returns:** a [`jaxsens.Solution`][] with `ys` (structured like `y0`, leading
     axis `len(ts)`), `ts`, `stats`, `result`, the `sensitivity` used, `cost`

@@ -42,6 +42,10 @@ class Forward(AbstractSensitivity):
       equations would put the `n·P`-sized `S` into every Newton Jacobian). Cost
       grows with `n + P`.
 
+    With `solve(..., dense=True)`, `S` is kept as a dense output too, and the
+    derivative of `sol.evaluate(t)` is `S(t)`, interpolated between the steps as
+    `y(t)` is (memory: the dense output's, `P` times over).
+
     Memory grows with `len(ts) · n · P`. The method of choice when `n` (explicit)
     or `n + p` (implicit) is small — `Auto` picks it there — and hopeless for a
     large state with many parameters (`bench/RESULTS.md`: seconds per gradient at
