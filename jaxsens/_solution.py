@@ -299,7 +299,8 @@ class Solution(eqx.Module):
     - `evaluate(t)`: with `solve(..., dense=True)`, the state at any time `t` in
         `[t0, ts[-1]]` (a scalar; `jax.vmap` it over several), structured like
         `y0`: the solver's own interpolation between its steps, differentiable by
-        `Discrete` (through diffrax). Without `dense=True` it raises.
+        `Discrete` (through diffrax) and by `Forward` (the sensitivities' own
+        interpolation), w.r.t. `t` too. Without `dense=True` it raises.
 
     **Example:**
 
@@ -327,6 +328,7 @@ class Solution(eqx.Module):
         if self.dense_output is None:
             raise ValueError(
                 "`Solution.evaluate(t)` needs the dense output: solve with "
-                "`jaxsens.solve(..., dense=True, sensitivity=jaxsens.Discrete())`."
+                "`jaxsens.solve(..., dense=True)` (`sensitivity=jaxsens.Discrete()`, "
+                "the default there, or `jaxsens.Forward()`)."
             )
         return self.dense_output.evaluate(t)

@@ -25,6 +25,7 @@ from ._sensitivity.base import (
     static_times,
 )
 from ._sensitivity.discrete import Discrete
+from ._sensitivity.forward import Forward
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm
 from ._solution import DenseOutput, Solution
@@ -282,13 +283,14 @@ def _check_dense(dense, method, event):
             "event is not supported. Save the times you need with `ts`, or solve "
             "without the event."
         )
-    if not isinstance(method, Discrete):
+    if not isinstance(method, (Discrete, Forward)):
         raise ValueError(
             f"`dense=True` with `sensitivity={type(method).__name__}()`: only "
-            "`Discrete()` differentiates the dense output (`sol.evaluate(t)`, "
-            "through diffrax's own backpropagation), and `Auto()` then picks it. "
-            "Pass `sensitivity=jaxsens.Discrete()`, or add the times you need to "
-            "`ts` and keep this method."
+            "`Discrete()` (through diffrax's own backpropagation) and `Forward()` "
+            "(the sensitivities' own dense output) differentiate the dense output "
+            "`sol.evaluate(t)`, and `Auto()` then picks `Discrete()`. Pass "
+            "`sensitivity=jaxsens.Discrete()` or `jaxsens.Forward()`, or add the "
+            "times you need to `ts` and keep this method."
         )
 
 
@@ -356,6 +358,15 @@ def solve(
         state (a state `(y, c)`); the error control takes the larger of `y`'s and
         `c`'s errors, so `y` is never solved less accurately than without it
         (a few more steps when `c` needs them). Not with `LinearExpm`/`KrylovExpm`.
+    - `dense`: keep the solver's dense output, so that `sol.evaluate(t)` gives
+        the state at any `t` in `[t0, ts[-1]]`, differentiable (w.r.t. `t` too)
+        by `Discrete()` (through diffrax) or `Forward()` (the sensitivities'
+        own dense output); `Auto()` then picks `Discrete()`, other methods raise.
+        Not with `event=`.
+    - `progress_meter`: a diffrax progress meter, e.g.
+        `diffrax.TqdmProgressMeter()`, for the forward solve and for a continuous
+        adjoint's backward pass (its own meter, by the fraction of `[t0, ts[-1]]`
+        covered).
 
     **Returns:** a [`jaxsens.Solution`][] with `ys` (structured like `y0`, leading
     axis `len(ts)`), `ts`, `stats`, `result`, the `sensitivity` used, `cost`
@@ -483,8 +494,13 @@ def solve(
                         event_state=event_state, event_happened=out.event_happened,
                         cost=cost)
     if dense:
-        ys, stats, result, interpolation = dense_solve(
-            field, y0, ts, args, options, method.diffrax_adjoint(y0, options.max_steps))
+        if isinstance(method, Forward):
+            ys, stats, result, interpolation = method.solve_dense(
+                field, y0, ts, args, options)
+        else:
+            ys, stats, result, interpolation = dense_solve(
+                field, y0, ts, args, options,
+                method.diffrax_adjoint(y0, options.max_steps))
         ys, _, cost = split(ys)
         dense_output = DenseOutput(interpolation, has_cost=running_cost is not None)
         return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method,

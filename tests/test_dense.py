@@ -1,9 +1,11 @@
-"""`solve(..., dense=True)` (`sol.evaluate(t)`), `stepsize_controller=` and
+"""`solve(..., dense=True)` (`sol.evaluate(t)`, by `Discrete()` and `Forward()`),
+`stepsize_controller=` and
 `progress_meter=`, on exponential decay `y' = -k y` (closed form `y0 e^{-k t}`)."""
 
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxsens
@@ -20,14 +22,14 @@ def decay(t, y, k):
 
 
 def _rel(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 DISCRETE = jaxsens.Discrete()
 
 
-def _dense(k, sensitivity=DISCRETE, **kwargs):
-    return jaxsens.solve(decay, Y0, TS, k, rtol=TOL, atol=TOL, dense=True,
+def _dense(k, sensitivity=DISCRETE, y0=Y0, **kwargs):
+    return jaxsens.solve(decay, y0, TS, k, rtol=TOL, atol=TOL, dense=True,
                          sensitivity=sensitivity, **kwargs)
 
 
@@ -56,6 +58,56 @@ def test_evaluate_gradient(evaluate):
     assert abs(float(grad - exact)) / abs(float(exact)) <= 1e-6
 
 
+# --- `Forward()` with `dense=True`: against the closed form and against `Discrete()`
+
+FORWARD = jaxsens.Forward()
+T_IN = jnp.array([0.13, 0.37, 0.81])
+W = jnp.array([1.0, -3.0])  # a weighted loss, so that a sign or a swap shows
+
+
+@pytest.fixture(scope="module")
+def forward_dense():
+    """At each of `T_IN`, by `Forward()`, with `L(t) = W·y(t)`: `y(t)` and
+    `∂y/∂(k, y0)` by `jax.jacfwd`, `∂L/∂(k, y0, t)` by `jax.grad`: one compiled
+    function."""
+
+    def values(k, y0):
+        return jax.vmap(lambda t: _dense(k, FORWARD, y0=y0).evaluate(t))(T_IN)
+
+    def loss(k, y0, t):
+        return jnp.dot(W, _dense(k, FORWARD, y0=y0).evaluate(t))
+
+    def run(k, y0):
+        jac, ys = jax.jacfwd(lambda k, y0: (values(k, y0),) * 2, (0, 1),
+                             has_aux=True)(k, y0)
+        grads = jax.vmap(lambda t: jax.grad(loss, (0, 1, 2))(k, y0, t))(T_IN)
+        return ys, jac, grads
+
+    return jax.tree_util.tree_map(np.asarray, jax.jit(run)(K, Y0))
+
+
+def test_forward_evaluate(forward_dense, evaluate):
+    """`sol.evaluate(t)` by `Forward()` between save times: value, `jacfwd` and
+    `grad` (w.r.t. `k`, `y0` and `t`) against the closed form and `Discrete()`."""
+    ys, (j_k, j_y0), (g_k, g_y0, g_t) = forward_dense
+    t = np.asarray(T_IN)
+    decay_t = np.exp(-K * t)
+    y0, w = np.asarray(Y0), np.asarray(W)
+    assert _rel(ys, y0 * decay_t[:, None]) <= 1e-8
+    # ∂y_i(t)/∂k = -t e^{-kt} y0_i, ∂y_i(t)/∂y0_j = e^{-kt} δ_ij.
+    assert _rel(j_k, -(t * decay_t)[:, None] * y0) <= 1e-8
+    assert _rel(j_y0, decay_t[:, None, None] * np.eye(2)) <= 1e-8
+    # ∂L/∂k = -t e^{-kt} W·y0, ∂L/∂y0 = e^{-kt} W, ∂L/∂t = -k e^{-kt} W·y0.
+    assert _rel(g_k, -t * decay_t * (w @ y0)) <= 1e-8
+    assert _rel(g_y0, decay_t[:, None] * w) <= 1e-8
+    assert _rel(g_t, -K * decay_t * (w @ y0)) <= 1e-8
+    # `Discrete()` differentiates the same computed solution: agreement far below
+    # the tolerance, in value and in `d Σy(0.37)/dk` (`T_IN[1] = 0.37`).
+    d_values, d_grad = evaluate(K, jnp.array([0.13, 0.37, 0.81, 1.0]))
+    assert _rel(ys, d_values[:3]) <= 1e-12
+    assert _rel(np.sum(j_k[1]), d_grad) <= 1e-9
+
+
 def test_auto_picks_discrete_with_running_cost():
     def run():
         sol = jaxsens.solve(decay, Y0, TS, K, dense=True,
@@ -68,10 +120,9 @@ def test_auto_picks_discrete_with_running_cost():
 
 
 def test_dense_errors():
-    with pytest.raises(ValueError, match="only `Discrete\\(\\)` differentiates"):
+    match = "only `Discrete\\(\\)` .* and `Forward\\(\\)` .* differentiate"
+    with pytest.raises(ValueError, match=match):
         _dense(K, sensitivity=jaxsens.GaussAdjoint())
-    with pytest.raises(ValueError, match="only `Discrete\\(\\)` differentiates"):
-        _dense(K, sensitivity=jaxsens.Forward())
     with pytest.raises(TypeError, match="`dense` must be True or False"):
         jaxsens.solve(decay, Y0, TS, K, dense="yes")
     event = dfx.Event(lambda t, y, args, **kw: y[0] < 0.5)
@@ -95,19 +146,30 @@ PID = dfx.PIDController(rtol=TOL, atol=TOL, pcoeff=0.3, icoeff=0.4, jump_ts=[0.2
 
 @pytest.mark.parametrize("method", [jaxsens.Discrete(), jaxsens.GaussAdjoint()],
                          ids=["Discrete", "GaussAdjoint"])
-def test_controller_and_progress_meter_gradient(method, capsys):
+def test_controller_and_progress_meter_gradient(method, capfd):
     """A `PIDController` with its own coefficients (and a progress meter) gives
-    the gradient `rtol`/`atol` give, under `jit(grad)`."""
+    the gradient `rtol`/`atol` give, under `jit(grad)`; a continuous adjoint's
+    backward pass reports to the meter too, which leaves its gradient unchanged
+    (to round-off)."""
 
     def grad(**kwargs):
         return jax.grad(lambda k: jnp.sum(jaxsens.solve(
             decay, Y0, TS, k, sensitivity=method, **kwargs).ys[-1]))(K)
 
+    adjoint = isinstance(method, jaxsens.GaussAdjoint)
     both = jax.jit(lambda: (
         grad(stepsize_controller=PID, progress_meter=dfx.TextProgressMeter()),
-        grad(rtol=TOL, atol=TOL)))
-    with_controller, with_tols = jax.block_until_ready(both())
-    assert "100.00%" in capsys.readouterr().out
+        grad(rtol=TOL, atol=TOL),
+        grad(stepsize_controller=PID) if adjoint else None))
+    with_controller, with_tols, without_meter = jax.block_until_ready(both())
+    lines = capfd.readouterr().out.split()
+    assert "100.00%" in lines
+    if adjoint:
+        # Two meters, the forward solve's and the backward pass's, each from 0 to
+        # 100% through the steps between; the gradient is the one without them.
+        assert lines.count("0.00%") == 2 and lines.count("100.00%") == 2
+        assert len(lines) > 6
+        assert _rel(with_controller, without_meter) <= 1e-14
     exact = -TS[-1] * jnp.sum(Y0) * jnp.exp(-K * TS[-1])
     assert _rel(with_controller, with_tols) <= 1e-7
     assert _rel(with_controller, exact) <= 1e-7

@@ -54,10 +54,12 @@ class AdjointState(eqx.Module):
 
 class Carry(eqx.Module):
     """What a pass accumulates beside its ODE state: the parameter integral's and
-    the y recovery's running values."""
+    the y recovery's running values, and the progress meter's state (`None`
+    without a meter)."""
 
     integral: PyTree
     recovery: PyTree
+    progress: PyTree = None
 
 
 class AbstractRecovery(eqx.Module):
@@ -260,6 +262,21 @@ class BackwardPass(eqx.Module):
         return Stops.of(-self.problem.ts[:-1][::-1],
                         None if data is None else data.stops(), kinks)
 
+    @property
+    def meter(self) -> dfx.AbstractProgressMeter | None:
+        """The progress meter of `solve(..., progress_meter=...)`, `None` for none
+        (nor for `NoProgressMeter`: the loop then carries and calls nothing)."""
+        meter = self.problem.options.progress_meter
+        return None if isinstance(meter, dfx.NoProgressMeter) else meter
+
+    def progress(self, carry: Carry, s) -> Carry:
+        """The meter told the fraction of the whole pass, `[t0, ts[-1]]`, covered
+        at `s` (diffrax's progress of a forward solve, run backwards)."""
+        span = self.s_end - self.s0
+        done = jnp.where(span > 0, (s - self.s0) / jnp.where(span > 0, span, 1), 0)
+        state = self.meter.step(carry.progress, jnp.clip(done, 0, 1))
+        return Carry(carry.integral, carry.recovery, state)
+
     def cotangent(self, j):
         return jtu.tree_map(lambda c: c[self.num_saves - 2 - j], self.ys_bar)
 
@@ -328,14 +345,14 @@ class BackwardPass(eqx.Module):
         def jump(z, carry, j):
             z = eqx.tree_at(lambda z: z.lam, z, tree_add(z.lam, self.cotangent(j)))
             z, rc = self.recovery.at_save(self, residuals, z, carry.recovery, j)
-            return z, Carry(carry.integral, rc)
+            return z, Carry(carry.integral, rc, carry.progress)
 
         unravel = _unravel_of(z)
 
         def on_step(carry, s_a, s_b, z_a, z_b, dense, aux, keep):
             ic = self.integral.on_step(self, data, carry.integral, s_a, s_b, dense, aux,
                                        keep, unravel)
-            return Carry(ic, carry.recovery)
+            return Carry(ic, carry.recovery, carry.progress)
 
         field = LoopField(
             vf=functools.partial(self.vf, data),
@@ -344,6 +361,7 @@ class BackwardPass(eqx.Module):
             else on_step,
             piece=None if data is None else data.piece,
             room=lambda carry: self.integral.room(carry.integral),
+            progress=None if self.meter is None else self.progress,
         )
         loop = functools.partial(
             backward_loop, field, stops=self.stops(data), solver=self.solver,
@@ -364,7 +382,7 @@ class BackwardPass(eqx.Module):
             out = loop(prev.z, prev.s, s_end, max_steps=max_steps - prev.num_steps,
                        carry0=prev.carry, jump_index=prev.jump_index, dt_start=prev.dt)
             carry = Carry(self.integral.flush(self, out.carry.integral),
-                          out.carry.recovery)
+                          out.carry.recovery, out.carry.progress)
             # A segment that used its share of the budget is not a failure yet.
             result = RESULTS.where(out.result == RESULTS.backward_max_steps_reached,
                                    RESULTS.successful, out.result)
@@ -392,9 +410,13 @@ class BackwardPass(eqx.Module):
             self.recovery.y0(problem, residuals),
             zeros_like(problem.diff) if self.integral.in_state else None,
         )
+        meter = self.meter
         carry0 = Carry(self.integral.carry0(self),
-                       self.recovery.carry0(problem, residuals))
+                       self.recovery.carry0(problem, residuals),
+                       None if meter is None else meter.init())
         z, carry, result = self.recovery.run(self, residuals, z0, carry0)
+        if meter is not None:
+            meter.close(carry.progress)
         result = self.recovery.result(self, residuals, z, carry.recovery, result)
         return self.integral.value(self, z, carry.integral), z.lam, result
 

@@ -1,5 +1,6 @@
 """How a backward pass has `y(t)`: re-integrated, interpolated, or re-solved."""
 
+import dataclasses
 import math
 
 import diffrax as dfx
@@ -123,8 +124,10 @@ class Interpolate(AbstractRecovery):
 
         def full(_):
             # Under `vmap` both branches run: members that fit solve an empty span.
+            # No progress meter here: JAX cannot batch its callbacks inside a `cond`.
             ts = jnp.where(over, problem.ts, opts.t0)
-            whole = diffrax_solve(problem.field, problem.y0, ts, problem.args, opts,
+            whole = diffrax_solve(problem.field, problem.y0, ts, problem.args,
+                                  dataclasses.replace(opts, progress_meter=None),
                                   adjoint=dfx.ForwardMode())
             return whole.ys, stats_of(whole), diffrax_result(whole.result)
 
@@ -139,6 +142,11 @@ class Interpolate(AbstractRecovery):
         if bp.problem.options.max_steps <= self.steps(bp.problem):
             return out.z, out.carry, out.result
         fallback = Resolve(min(bp.num_saves, 8))
+        if bp.meter is not None:
+            # The meter's callbacks cannot be batched inside a `cond` (`vmap`):
+            # run the fallback, which does nothing unless `active`, unconditionally.
+            z, carry, result = fallback.run(bp, ys, out.z, out.carry, active=over)
+            return z, carry, RESULTS.where(over, result, out.result)
         return lax.cond(
             over,
             lambda: fallback.run(bp, ys, out.z, out.carry, active=over),
@@ -292,9 +300,14 @@ class Resolve(AbstractRecovery):
                               jnp.where(leaf, -a, -b), c["j"], opts.dt0)
                 return out.z, out.carry, out.jump_index, out.result
 
-            z, carry_, j, back_result = lax.cond(
-                leaf, adjoint,
-                lambda _: (c["z"], c["carry"], c["j"], RESULTS.successful), None)
+            if bp.meter is None:
+                z, carry_, j, back_result = lax.cond(
+                    leaf, adjoint,
+                    lambda _: (c["z"], c["carry"], c["j"], RESULTS.successful), None)
+            else:
+                # The meter's callbacks cannot be batched inside a `cond`
+                # (`vmap`); off a leaf the span is empty and changes nothing.
+                z, carry_, j, back_result = adjoint(None)
             # A solve that ran out of steps starts a march (or continues one).
             start = too_long & ~marching
             room = h + split < capacity

@@ -125,13 +125,15 @@ class LoopField(eqx.Module):
     them once): `vf(s, z, aux)`, `jump(z, carry, j)`,
     `on_step(carry, s_a, s_b, z_a, z_b, dense, aux, keep)` (optional), `piece(s_a,
     s_b, k)` → `aux` (optional), `room(carry)` → whether another step fits
-    (optional)."""
+    (optional), `progress(carry, s)` → `carry`, told the time reached after every
+    step (optional: a progress meter's update)."""
 
     vf: Callable
     jump: Callable = lambda z, carry, j: (z, carry)
     on_step: Callable | None = None
     piece: Callable | None = None
     room: Callable | None = None
+    progress: Callable | None = None
 
 
 def _where(pred, a, b):
@@ -166,7 +168,9 @@ def backward_loop(
     step, accepted or not, `carry = field.on_step(carry, s_a, s_b, z_a, z_b,
     dense_info, aux, keep)`; it must itself discard a step with `keep` false (e.g.
     write a store's next slot but advance its counter only if `keep`), so that a
-    large store is not selected whole at every step. Steps are also clipped (with
+    large store is not selected whole at every step. After every step, too,
+    `carry = field.progress(carry, s)` with the time `s` reached (accepted or not,
+    as diffrax updates its progress meter). Steps are also clipped (with
     nothing applied) at `stops.plain`. `aux = field.piece(s_a, s_b, k)` (`k` the
     number of plain stops passed) is computed once per step and handed to `vf` and
     `on_step`. The loop also ends (successfully) when `field.room(carry)` is false,
@@ -254,6 +258,8 @@ def backward_loop(
         past = jnp.nextafter(kink, inf)
         following = jnp.minimum(jnp.minimum(jumps[j_new], plain[k_new]), s_end)
         s_new = jnp.where(at_kink & (past < following), past, s_new)
+        if field.progress is not None:
+            carry = field.progress(carry, s_new)
         # A failed implicit step is retried smaller by the controller; only a step
         # that fails at the smallest representable size is fatal.
         result = RESULTS.where(

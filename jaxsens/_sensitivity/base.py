@@ -124,7 +124,8 @@ class SolveOptions(eqx.Module):
     `jump_ts`, or `None` for a `PIDController` of `rtol`/`atol`; only the forward
     diffrax solves use it (`forward_controller`), the backward loop builds its
     own from `rtol`/`atol`, which are then the controller's. `progress_meter`: a
-    diffrax progress meter for the forward diffrax solves, or `None`.
+    diffrax progress meter for the forward diffrax solves and the backward loop
+    of a continuous adjoint, or `None`.
     """
 
     t0: Array | None
