@@ -11,6 +11,10 @@
   n = 2, 282 parameters, float32, 100 save times), under `jax.vmap` over the
   controls and as one batched state (`jaxsens.batched_field`). Peer: diffrax
   `RecursiveCheckpointAdjoint` (RCA) under `jax.vmap`.
+- `events`: a falling ball `h' = v, v' = −g` stopped by `diffrax.Event(h)` (Newton
+  root finder), gradient of the impact time w.r.t. `(g, v0, h0)`; float64, every
+  method and `Forward`. Reference: the closed form `τ = (v0 + √(v0² + 2 g h0)) / g`.
+  Peer: diffrax RCA with the same `Event`.
 - `memory`: XLA's temporary bytes of the dense field's compiled gradient at
   n = 64, the field made faster (`20 W`) so the forward solve takes 10³–10⁵
   steps, at two `max_steps`.
@@ -39,7 +43,7 @@ CONTROLS = 100
 # (t1, max_steps) of the memory table; t1 sets the forward solve's step count.
 MEMORY = ((1.0, 4096), (1.0, 8192), (100.0, 16384), (1000.0, 131072))
 TOL = dict(rtol=1e-6, atol=1e-6)
-TABLES = ["dense", "controls", "memory"]
+TABLES = ["dense", "controls", "events", "memory"]
 
 
 # --- child: one row ---------------------------------------------------------------
@@ -113,6 +117,41 @@ def _controls_grads(nc):
     return fns, (params, P.controls(nc))
 
 
+def _events_grads():
+    import diffrax as dfx
+    import jax
+    import jax.numpy as jnp
+    import optimistix as optx
+
+    import jaxsens
+
+    def ball(t, y, g):
+        return jnp.stack([y[1], -g])
+
+    ev = dfx.Event(lambda t, y, args, **kw: y[0],
+                   root_finder=optx.Newton(rtol=1e-12, atol=1e-12))
+
+    def tau(name):  # p = (g, v0, h0)
+        sens = method(name, checkpoints=CHECKPOINTS)
+        return jax.grad(lambda p: jaxsens.solve(
+            ball, jnp.stack([p[2], p[1]]), jnp.array([0.0, 5.0]), p[0], event=ev, **TOL,
+            sensitivity=sens).event_time)
+
+    def rca(p):
+        return dfx.diffeqsolve(
+            dfx.ODETerm(ball), dfx.Tsit5(), 0.0, 5.0, None, jnp.stack([p[2], p[1]]),
+            args=p[0], saveat=dfx.SaveAt(t1=True),
+            stepsize_controller=dfx.PIDController(**TOL), event=ev).ts[-1]
+
+    def closed(p):
+        return (p[1] + jnp.sqrt(p[1] ** 2 + 2 * p[0] * p[2])) / p[0]
+
+    p = jnp.array([9.81, 1.0, 2.0])
+    fns = {name: tau(name) for name in ["Discrete", "Forward", *METHODS[1:]]}
+    fns["diffrax RCA + Event"] = jax.grad(rca)
+    return fns, (p,), jax.grad(closed)(p)
+
+
 def _memory_row(i):
     import jax
 
@@ -146,6 +185,9 @@ def child(table, key, rounds, exclude):
     if table == "dense":
         pr = dense_tanh(key)
         fns, args, ref_name = _dense_grads(pr, METHODS), (pr.args,), "Discrete"
+    elif table == "events":
+        fns, args, ref = _events_grads()
+        ref, ref_name = np.asarray(ref, np.float64), None
     else:
         (fns, args), ref_name = _controls_grads(key), "diffrax RCA, vmap"
     rows, grads, jitted = {}, {}, {}
@@ -168,7 +210,7 @@ def child(table, key, rounds, exclude):
     for _ in range(rounds):
         for name in grads:
             rows[name]["times"].append(timed(jitted[name], *args)[0])
-    ref = grads.get(ref_name)
+    ref = grads.get(ref_name, ref)
     for name in grads:
         times = rows[name].pop("times")
         rows[name]["warm"] = statistics.median(times)
@@ -223,6 +265,13 @@ def controls_md(res):
     return out
 
 
+def events_md(res):
+    rows = res["rows"]
+    return ["| " + " | ".join(rows) + " |", "|" + " ---: |" * len(rows),
+            "| " + " | ".join(_cell(r, _ref(rows, "Discrete")) for r in rows.values())
+            + " |"]
+
+
 def memory_md(results):
     names = [k for k in results[0] if k not in ("t1", "max_steps", "steps")]
     out = ["| forward steps | max_steps | " + " | ".join(names) + " |",
@@ -258,7 +307,7 @@ def main(argv):
     ap = argparse.ArgumentParser(prog="python -m bench adjoints", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tables", nargs="*", default=TABLES, metavar="TABLE",
-                    help="dense, controls or memory (default: all three)")
+                    help=", ".join(TABLES) + " (default: all)")
     ap.add_argument("--quick", action="store_true", help="n = 16, 256; 5 rounds")
     ap.add_argument("--n", type=int, nargs="+", help="the dense table's state sizes")
     ap.add_argument("--repeats", type=int, default=None)
@@ -300,6 +349,9 @@ def main(argv):
     if "controls" in a.tables and (res := rows("controls", [CONTROLS])):
         parts += [f"## Controlled MLP, {CONTROLS} controls, float32 (reference: "
                   "diffrax RCA)", "", *controls_md(res[0]), ""]
+    if "events" in a.tables and (res := rows("events", [0])):
+        parts += ["## Event time of a falling ball (reference: the closed form)", "",
+                  *events_md(res[0]), ""]
     if "memory" in a.tables and (res := rows("memory", range(len(MEMORY)))):
         parts += ["## Memory: XLA temporaries of the compiled gradient (MB), "
                   "n = 64", "", *memory_md(res), ""]

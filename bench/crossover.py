@@ -107,22 +107,14 @@ def child(family, n, h, rounds, exclude):
 
     def grad_of(method):
         def loss(params):
-            sol = jaxsens.solve(
-                pr.field, pr.y0, pr.ts, params, solver=solver, sensitivity=method
-            )
-            return pr.loss(sol.ys)
-
+            return pr.loss(jaxsens.solve(pr.field, pr.y0, pr.ts, params, solver=solver,
+                                         sensitivity=method).ys)
         return jax.jit(jax.grad(loss))
 
     # Forward steps of the primal solve (for the record).
-    sol = jax.jit(
-        lambda a: (
-            jaxsens.solve(
-                pr.field, pr.y0, pr.ts, a, solver=solver, sensitivity=jaxsens.Discrete()
-            ).stats
-        )
-    )(pr.params)
-    steps = int(sol["num_steps"])
+    steps = int(jax.jit(lambda a: jaxsens.solve(
+        pr.field, pr.y0, pr.ts, a, solver=solver,
+        sensitivity=jaxsens.Discrete()).stats["num_steps"])(pr.params))
     rows, fns, grads = {}, {}, {}
     for name in METHODS:
         if name in exclude:
@@ -140,21 +132,13 @@ def child(family, n, h, rounds, exclude):
                     f"(≈ {FORWARD_PER_INPUT}·{k_name} × Discrete)"
                 }
                 continue
-        if pr.stiff and name in AUGMENTED and n + pr.p > IMPLICIT_AUGMENTED_MAX:
-            rows[name] = {
-                "skipped": f"n + p = {n + pr.p} > {IMPLICIT_AUGMENTED_MAX}: "
-                "Kvaerno5 on the augmented backward state (dense Jacobian)"
-            }
-            continue
-        if (
-            pr.stiff
-            and name == "QuadratureAdjoint"
-            and n + pr.p > IMPLICIT_AUGMENTED_MAX
-        ):
-            rows[name] = {
-                "skipped": f"n + p = {n + pr.p} > {IMPLICIT_AUGMENTED_MAX}: "
-                "first call did not finish within 240 s at n + p = 544"
-            }
+        if pr.stiff and n + pr.p > IMPLICIT_AUGMENTED_MAX and (
+                name in AUGMENTED or name == "QuadratureAdjoint"):
+            why = ("Kvaerno5 on the augmented backward state (dense Jacobian)"
+                   if name in AUGMENTED else
+                   "first call did not finish within 240 s at n + p = 544")
+            rows[name] = {"skipped": f"n + p = {n + pr.p} > {IMPLICIT_AUGMENTED_MAX}: "
+                          + why}
             continue
         say(start=name)
         f = grad_of(method(name))
@@ -184,21 +168,10 @@ def child(family, n, h, rounds, exclude):
         r["n_warm"] = len(r["times"])
         if ref is not None:
             r["rel_diff_vs_discrete"] = float(
-                np.linalg.norm(grads[name] - ref) / max(np.linalg.norm(ref), 1e-300)
-            )
+                np.linalg.norm(grads[name] - ref) / max(np.linalg.norm(ref), 1e-300))
         del r["times"], r["probe"]
-    say(
-        result={
-            "family": family,
-            "n": n,
-            "h": h,
-            "p": pr.p,
-            "n_plus_p": n + pr.p,
-            "solver": type(solver).__name__,
-            "forward_steps": steps,
-            "rows": rows,
-        }
-    )
+    say(result=dict(family=family, n=n, h=h, p=pr.p, n_plus_p=n + pr.p,
+                    solver=type(solver).__name__, forward_steps=steps, rows=rows))
 
 
 # --- parent ---------------------------------------------------------------------
@@ -206,9 +179,8 @@ def child(family, n, h, rounds, exclude):
 
 def run_point(family, n, h, rounds, timeout, log):
     """One grid point in a fresh subprocess (`bench._child.run`); None if it failed."""
-    res = _child.run(
-        "crossover", [family, n, h], rounds=rounds, timeout=timeout, log=log
-    )
+    res = _child.run("crossover", [family, n, h], rounds=rounds, timeout=timeout,
+                     log=log)
     return None if "error" in res else res
 
 
@@ -218,16 +190,13 @@ def fastest(pt, names=None):
     return min(ok, key=lambda m: rows[m]["warm"]) if ok else None
 
 
-
-
 def analyse(points):
     """Per solver kind: the points sorted by n + p with the fastest method, and the
     crossover estimates (largest n + p where Forward wins, smallest where it loses)."""
     out = {}
     for kind in ("explicit", "explicit_t10", "stiff"):
-        pts = sorted(
-            (p for p in points if p["kind"] == kind), key=lambda p: p["n_plus_p"]
-        )
+        pts = sorted((p for p in points if p["kind"] == kind),
+                     key=lambda p: p["n_plus_p"])
         if not pts:
             continue
         fwd_wins = [p["n_plus_p"] for p in pts if fastest(p) == "Forward"]
@@ -362,15 +331,9 @@ def markdown(data):
             rows = p["rows"]
             best_rev = fastest(p, ["Discrete"] + ADJOINTS)
             best_adj = fastest(p, ADJOINTS)
-            cells = []
-            for m in METHODS:
-                r = rows.get(m, {})
-                if "warm" in r:
-                    cells.append(_ms(r["warm"]))
-                elif "skipped" in r:
-                    cells.append("skip")
-                else:
-                    cells.append("fail")
+            cells = [_ms(rows[m]["warm"]) if "warm" in rows.get(m, {}) else
+                     "skip" if "skipped" in rows.get(m, {}) else "fail"
+                     for m in METHODS]
             L.append(
                 f"| {p['family']} | {p['n']} | {p['p']} | {p['n_plus_p']} "
                 f"| {p['forward_steps']} | {fastest(p)} "
@@ -378,22 +341,11 @@ def markdown(data):
                 f"| {ratio(p, 'Discrete', best_adj) if best_adj else float('nan'):.2f} "
                 f"| " + " | ".join(cells) + " |"
             )
-        notes = sorted(
-            {
-                f"{m}: {r['skipped']}"
-                for p in a["points"]
-                for m, r in p["rows"].items()
-                if "skipped" in r and "predicted" not in r["skipped"]
-            }
-        )
-        errs = sorted(
-            {
-                f"{m} (n={p['n']}, p={p['p']}): {r['error']}"
-                for p in a["points"]
-                for m, r in p["rows"].items()
-                if "error" in r
-            }
-        )
+        rs = [(p, m, r) for p in a["points"] for m, r in p["rows"].items()]
+        notes = sorted({f"{m}: {r['skipped']}" for p, m, r in rs
+                        if "skipped" in r and "predicted" not in r["skipped"]})
+        errs = sorted({f"{m} (n={p['n']}, p={p['p']}): {r['error']}"
+                       for p, m, r in rs if "error" in r})
         if notes or errs:
             L += ["", "Skips and failures: " + "; ".join(notes + errs) + "."]
     return "\n".join(L) + "\n"
@@ -412,9 +364,8 @@ def plot(data, tag=""):
     import matplotlib.pyplot as plt
 
     an = analyse(data["points"])
-    kinds = [k for k in ("explicit", "explicit_t10", "stiff") if k in an] or [
-        "explicit"
-    ]
+    kinds = [k for k in ("explicit", "explicit_t10", "stiff") if k in an]
+    kinds = kinds or ["explicit"]
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 5), sharey=True)
     axes = list(getattr(axes, "flat", [axes]))
     for ax, kind in zip(axes, kinds, strict=True):
@@ -430,20 +381,16 @@ def plot(data, tag=""):
             if (xy := _warm_ms(few, m))[0]:
                 ax.plot(*xy, "x", color=f"C{i}", ms=7)
         # lines through the diagonal n ≈ h points only (a 1-D family)
-        diag = sorted(
-            [p for p in pts if p["n"] == p["h"] or p["h"] == p["n"] // 2],
-            key=lambda p: p["n_plus_p"],
-        )
+        diag = sorted([p for p in pts if p["n"] == p["h"] or p["h"] == p["n"] // 2],
+                      key=lambda p: p["n_plus_p"])
         for i, m in enumerate(METHODS):
             ax.plot(*_warm_ms(diag, m), "-", color=f"C{i}",
                     lw=2.2 if m in ("Discrete", "Forward") else 1.0, alpha=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("n + p (state size + parameter count)")
-        ax.set_title(
-            f"{kind} ({an[kind]['points'][0]['solver']}); lines: n ≈ h, "
-            "dots: other shapes, x: p = 4"
-        )
+        ax.set_title(f"{kind} ({an[kind]['points'][0]['solver']}); lines: n ≈ h, "
+                     "dots: other shapes, x: p = 4")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("warm gradient time (ms, median)")
     axes[0].legend(fontsize=8)
