@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
+from ._sensitivity._options import SolveOptions
 from ._sensitivity.base import (
-    SolveOptions,
     as_problem,
     diagnose,
     float_args_as_arrays,

@@ -15,14 +15,9 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike, Float, PyTree, Scalar
 
 from . import _xla
+from ._sensitivity._options import DEFAULT_TOL, MAX_STEPS, SolverSettings
 from ._sensitivity.auto import Auto, AutoDecision
-from ._sensitivity.base import (
-    DEFAULT_TOL,
-    MAX_STEPS,
-    AbstractSensitivity,
-    SolverSettings,
-    float_args_as_arrays,
-)
+from ._sensitivity.base import AbstractSensitivity, float_args_as_arrays
 from ._sensitivity.discrete import Discrete
 from ._sensitivity.krylov import KrylovExpm
 from ._sensitivity.linear import LinearExpm

@@ -13,17 +13,15 @@ from jaxtyping import ArrayLike, Float, PyTree
 
 from ._control import control_knots
 from ._event import check_event, solve_with_event
-from ._sensitivity.auto import Auto, has_tracer
-from ._sensitivity.base import (
+from ._sensitivity._options import (
     DEFAULT_TOL,
     MAX_STEPS,
-    AbstractSensitivity,
     SolveOptions,
     SolverSettings,
-    all_finite,
-    dense_solve,
     static_times,
 )
+from ._sensitivity.auto import Auto, has_tracer
+from ._sensitivity.base import AbstractSensitivity, all_finite, dense_solve
 from ._sensitivity.discrete import Discrete
 from ._sensitivity.forward import Forward
 from ._sensitivity.krylov import KrylovExpm

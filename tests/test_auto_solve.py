@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxsens
-from jaxsens._sensitivity.base import SolveOptions
+from jaxsens._sensitivity._options import SolveOptions
 
 
 TS = jnp.linspace(0.0, 1.0, 3)

@@ -12,7 +12,7 @@ import pytest
 import jaxsens
 from jaxsens._control import control_knots
 from jaxsens._sensitivity._backward import _recording
-from jaxsens._sensitivity.base import SolveOptions
+from jaxsens._sensitivity._options import SolveOptions
 
 from . import helpers
 from .helpers import rel_err

@@ -28,7 +28,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, PyTree
+from jaxtyping import PyTree
 
 from .._solution import RESULTS
 from ._loop import LoopField, LoopOutput, Stops, backward_loop, rms_norm

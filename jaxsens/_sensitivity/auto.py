@@ -8,12 +8,8 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._control import Control
-from .base import (
-    AbstractSensitivity,
-    SolveOptions,
-    float_args_as_arrays,
-    tree_size,
-)
+from ._options import SolveOptions
+from .base import AbstractSensitivity, float_args_as_arrays, tree_size
 from .discrete import Discrete
 from .forward import Forward
 

@@ -11,13 +11,9 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._batch import batched_field
+from .._sensitivity._options import DEFAULT_TOL, MAX_STEPS, SolverSettings
 from .._sensitivity.auto import Auto
-from .._sensitivity.base import (
-    DEFAULT_TOL,
-    MAX_STEPS,
-    AbstractSensitivity,
-    SolverSettings,
-)
+from .._sensitivity.base import AbstractSensitivity
 from .._solution import Solution
 from .._solve import solve
 
