@@ -9,8 +9,10 @@
   rtol = atol = 1e-6; n = 16, 64, 256, 1024. Peer: diffrax `BacksolveAdjoint`.
 - `controls`: the controlled MLP, 100 controls (`bench/problems/controls.py`:
   n = 2, 282 parameters, float32, 100 save times), under `jax.vmap` over the
-  controls and as one batched state (`jaxsens.batched_field`). Peer: diffrax
-  `RecursiveCheckpointAdjoint` (RCA) under `jax.vmap`.
+  controls and as one batched state (`solve(..., batch=(None, 0))`), stepping to
+  the control knots (the default) or past them (`jump_ts=[]`). Peer: diffrax
+  `RecursiveCheckpointAdjoint` (RCA) under `jax.vmap`. Reference: a float64
+  gradient at rtol = atol = 1e-11, every knot stepped to.
 - `events`: a falling ball `h' = v, v' = −g` stopped by `diffrax.Event(h)` (Newton
   root finder), gradient of the impact time w.r.t. `(g, v0, h0)`; float64, every
   method and `Forward`. Reference: the closed form `τ = (v0 + √(v0² + 2 g h0)) / g`.
@@ -40,6 +42,9 @@ METHODS = ["Discrete", *ADJOINTS, "InterpolatingAdjoint(checkpoints=K)"]
 CHECKPOINTS = 4
 NS, QUICK_NS = (16, 64, 256, 1024), (16, 256)
 CONTROLS = 100
+CONTROL_ROWS = {"vmap": "`jax.vmap` over controls",
+                "batch": "`solve(..., batch=(None, 0))`",
+                "free": "`batch=(None, 0), jump_ts=[]`"}
 # (t1, max_steps) of the memory table; t1 sets the forward solve's step count.
 MEMORY = ((1.0, 4096), (1.0, 8192), (100.0, 16384), (1000.0, 131072))
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -89,18 +94,28 @@ def _controls_grads(nc):
     ts, y0 = P.times(), P.y0()
     params, static = eqx.partition(P.field(), eqx.is_inexact_array)
 
-    def loss_of(name, shared):
+    def loss_of(name, kind):
         def loss(p, c):
             f, sens = eqx.combine(p, static), method(name, checkpoints=CHECKPOINTS)
-            if shared:
-                zeros = jnp.zeros((nc, P.STATE), y0.dtype)
-                ys = jaxsens.solve(jaxsens.batched_field(f), zeros, ts, c, **TOL,
-                                   sensitivity=sens).ys
-            else:
+            if kind == "vmap":
                 ys = jax.vmap(lambda u: jaxsens.solve(f, y0, ts, u, **TOL,
                                                       sensitivity=sens).ys)(c)
+            else:  # one batched state; "free": past the control knots
+                knots = {"jump_ts": []} if kind == "free" else {}
+                ys = jaxsens.solve(f, y0, ts, c, batch=(None, 0), **TOL, **knots,
+                                   sensitivity=sens).ys
             return jnp.sum(ys**2) / P.NT
         return jax.grad(loss)
+
+    def reference(p, c):  # float64, tight tolerances, every knot stepped to
+        def loss(p, c):
+            f = eqx.combine(p, static)
+            ys = jax.vmap(lambda u: jaxsens.solve(
+                f, y0, ts, u, rtol=1e-11, atol=1e-11, max_steps=16**4,
+                sensitivity=jaxsens.Discrete()).ys)(c)
+            return jnp.sum(ys**2) / P.NT
+        wide = jax.tree.map(lambda x: x.astype(jnp.float64), (p, c))
+        return jax.jit(jax.grad(loss))(*wide)
 
     def rca_loss(p, c):
         def one(u):
@@ -111,10 +126,11 @@ def _controls_grads(nc):
         return jnp.sum(jax.vmap(one)(c) ** 2) / P.NT
 
     fns = {"diffrax RCA, vmap": jax.grad(rca_loss)}
-    for name in METHODS:
-        fns[f"{name}, vmap"] = loss_of(name, shared=False)
-        fns[f"{name}, shared"] = loss_of(name, shared=True)
-    return fns, (params, P.controls(nc))
+    for kind in CONTROL_ROWS:
+        for name in METHODS:
+            fns[f"{name}, {kind}"] = loss_of(name, kind)
+    args = (params, P.controls(nc))
+    return fns, args, reference(*args)
 
 
 def _events_grads():
@@ -189,7 +205,8 @@ def child(table, key, rounds, exclude):
         fns, args, ref = _events_grads()
         ref, ref_name = np.asarray(ref, np.float64), None
     else:
-        (fns, args), ref_name = _controls_grads(key), "diffrax RCA, vmap"
+        fns, args, ref = _controls_grads(key)
+        ref, ref_name = np.asarray(ravel_pytree(ref)[0], np.float64), None
     rows, grads, jitted = {}, {}, {}
     for name, fn in fns.items():
         if name in exclude:
@@ -256,8 +273,7 @@ def controls_md(res):
     rows = res["rows"]
     out = ["| | diffrax RCA (vmapped) | " + " | ".join(METHODS) + " |",
            "| --- |" + " ---: |" * (len(METHODS) + 1)]
-    for kind, label in (("vmap", "`jax.vmap` over controls"),
-                        ("shared", "one batched state")):
+    for kind, label in CONTROL_ROWS.items():
         d = _ref(rows, f"Discrete, {kind}")
         cells = [_cell(rows["diffrax RCA, vmap"], d)]
         cells += [_cell(rows[f"{m}, {kind}"], d) for m in METHODS]
@@ -348,7 +364,7 @@ def main(argv):
         plot(res, os.path.splitext(a.out)[0] + ".png")
     if "controls" in a.tables and (res := rows("controls", [CONTROLS])):
         parts += [f"## Controlled MLP, {CONTROLS} controls, float32 (reference: "
-                  "diffrax RCA)", "", *controls_md(res[0]), ""]
+                  "float64, rtol = atol = 1e-11)", "", *controls_md(res[0]), ""]
     if "events" in a.tables and (res := rows("events", [0])):
         parts += ["## Event time of a falling ball (reference: the closed form)", "",
                   *events_md(res[0]), ""]

@@ -78,3 +78,45 @@ def batched_field(field: Callable, args_axis: Any = 0) -> BatchedField:
     ```
     """
     return BatchedField(field, args_axis)
+
+
+class _SummedCost(eqx.Module):
+    """A per-member running cost summed over a batched state."""
+
+    cost: Callable
+    args_axis: Any = eqx.field(static=True, default=0)
+
+    def __call__(self, t, y, args):
+        per_member = jax.vmap(self.cost, in_axes=(None, 0, self.args_axis))
+        return jax.numpy.sum(per_member(t, y, args))
+
+
+def as_batch(batch, field, y0, args, running_cost):
+    """`solve(..., batch=(y0_axis, args_axes))` as one solve of a batched state:
+    `(field, y0, running_cost)` for it, `y0` broadcast to the batch when shared."""
+    if not (isinstance(batch, tuple) and len(batch) == 2):
+        raise TypeError(
+            "`batch` must be a pair `(y0_axis, args_axes)` in `jax.vmap`'s `in_axes` "
+            "convention, e.g. `batch=(None, 0)` for one `y0` and a stack of `args` "
+            f"(such as `jaxsens.Control.stack([...])`); got {batch!r}."
+        )
+    y0_axis, args_axes = batch
+    if y0_axis not in (0, None):
+        raise ValueError(
+            f"`batch=({y0_axis!r}, ...)`: the batch axis of `y0` must be 0 (one "
+            "initial state per member, stacked along the leading axis) or None (one "
+            "initial state for every member). Move the axis first, e.g. "
+            "`jnp.moveaxis(y0, axis, 0)`."
+        )
+    try:
+        # vmap checks the axes and the sizes, and broadcasts a shared y0.
+        y0 = jax.vmap(lambda y, a: y, in_axes=(y0_axis, args_axes))(y0, args)
+    except ValueError as e:
+        raise ValueError(
+            f"`batch={batch!r}` does not fit `y0` and `args` ({e}). Give every "
+            "batched leaf the same leading size (the number of members), with at "
+            "least one leaf batched."
+        ) from e
+    if running_cost is not None:
+        running_cost = _SummedCost(running_cost, args_axes)
+    return BatchedField(field, args_axes), y0, running_cost

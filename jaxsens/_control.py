@@ -167,14 +167,15 @@ def _is_control(x) -> bool:
     return isinstance(x, Control)
 
 
-def control_knots(tree) -> Array | None:
+def control_knots(tree, stacked: bool = False) -> Array | None:
     """The sample times of every `Control` in `tree` (itself one, or among its
     leaves, inside Modules too), concatenated; `None` if there is none. Stacked
     controls (sample times not 1-D: outside the `vmap` that unstacks them) are
-    left out."""
+    left out, unless `stacked` (a batch solved as one state, which steps to every
+    member's times)."""
     found = [
-        x.ts for x in jtu.tree_leaves(tree, is_leaf=_is_control)
-        if _is_control(x) and jnp.ndim(x.ts) == 1
+        jnp.ravel(x.ts) for x in jtu.tree_leaves(tree, is_leaf=_is_control)
+        if _is_control(x) and (stacked or jnp.ndim(x.ts) == 1)
     ]
     if not found:
         return None

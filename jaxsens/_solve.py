@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import ArrayLike, Float, PyTree
 
+from ._batch import as_batch
 from ._control import control_knots
 from ._event import check_event, solve_with_event
 from ._sensitivity._options import (
@@ -54,7 +55,8 @@ def _float_dtype(y0):
     """The time dtype: the widest real floating dtype of `y0` (the default float if
     it has none)."""
     leaves = jtu.tree_leaves(y0)
-    dtypes = [jnp.result_type(x) for x in leaves if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    dtypes = [jnp.result_type(x) for x in leaves
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     if dtypes:
         dtype = jnp.result_type(*dtypes)
         return jnp.finfo(dtype).dtype  # real part of a complex dtype
@@ -96,7 +98,8 @@ def _check_sensitivity(sensitivity):
 
 def _check_field_output(field, t0, y0, args):
     if not callable(field):
-        raise TypeError(f"`field` must be callable as `field(t, y, args)`, got {field!r}.")
+        raise TypeError(
+            f"`field` must be callable as `field(t, y, args)`, got {field!r}.")
     try:
         out = eqx.filter_eval_shape(field, t0, y0, args)
     except Exception as e:  # noqa: BLE001 - re-raised with context
@@ -179,11 +182,13 @@ def _check_controller(controller, settings: SolverSettings):
         settings, rtol=inner.rtol, atol=inner.atol), jumps
 
 
-def _jump_times(jump_ts, field, args, solver, dtype, constant_steps=False):
+def _jump_times(jump_ts, field, args, solver, dtype, constant_steps=False,
+                stacked=False):
     """`jump_ts` checked, sorted and in the time dtype (`None` if empty); by
     default the sample times of every `jaxsens.Control` in `field` or `args`
     (adaptive steps only: constant steps cannot be placed). The times are not
-    differentiated: they place steps, the solution does not depend on them."""
+    differentiated: they place steps, the solution does not depend on them.
+    `stacked`: a batch solved as one state also steps to its members' times."""
     if jump_ts is not None and constant_steps:
         raise ValueError(
             "`jump_ts` with `stepsize_controller=diffrax.ConstantStepSize()`: "
@@ -193,7 +198,7 @@ def _jump_times(jump_ts, field, args, solver, dtype, constant_steps=False):
     if jump_ts is None:
         if constant_steps or not isinstance(solver, dfx.AbstractAdaptiveSolver):
             return None
-        jump_ts = control_knots((field, args))
+        jump_ts = control_knots((field, args), stacked=stacked)
         if jump_ts is None:
             return None
     jump_ts = jnp.asarray(jump_ts)
@@ -312,6 +317,7 @@ def solve(
     dense: bool = False,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
     progress_meter: dfx.AbstractProgressMeter | None = None,
+    batch: tuple | None = None,
 ) -> Solution:
     """Solve `dy/dt = field(t, y, args)` from `y0` and save at `ts`, differentiably.
 
@@ -365,6 +371,21 @@ def solve(
         `diffrax.TqdmProgressMeter()`, for the forward solve and for a continuous
         adjoint's backward pass (its own meter, by the fraction of `[t0, ts[-1]]`
         covered).
+    - `batch`: `(y0_axis, args_axes)`, in `jax.vmap`'s `in_axes` convention, to
+        solve a batch of problems (e.g. one per control input) as ONE solve of the
+        stacked state with one shared adaptive step: `batch=(None, 0)` for one
+        `y0` and a stack of `args` (such as `jaxsens.Control.stack([...])`),
+        `batch=(0, 0)` for a stack of both; `ys` then has shape
+        `(len(ts), B, ...)` and `running_cost` is summed over the members. The
+        field's parameter vjp sums over the batch inside the solve and every
+        step is taken once for all members, where `jax.vmap` of `solve` steps
+        each member under its own control until the slowest has finished. The
+        price: the step size follows the batch's RMS error norm, so a member's
+        error is controlled on average (tighten `rtol`/`atol` if each must meet
+        it; prefer `jax.vmap` when members differ a lot, e.g. one stiff member).
+        The solve steps to every member's `Control` sample times (pass
+        `jump_ts=[]` to step past them). Not with `event=`. The README's
+        "Models, controls, batching, training" compares the two.
 
     **Returns:** a [`jaxsens.Solution`][] with `ys` (structured like `y0`, leading
     axis `len(ts)`), `ts`, `stats`, `result`, the `sensitivity` used, `cost`
@@ -404,6 +425,14 @@ def solve(
     _check_dtypes(y0)
     dtype = _float_dtype(y0)
     y0 = _as_state(y0, dtype)
+    if batch is not None:
+        if event is not None:
+            raise ValueError(
+                "`batch=` with `event=`: an event would stop every member of the "
+                "batch at the first member's event. Solve the members with "
+                "`jax.vmap` instead, each with its own event."
+            )
+        field, y0, running_cost = as_batch(batch, field, y0, args, running_cost)
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(
@@ -443,7 +472,8 @@ def solve(
     settings = settings.checked_values()
 
     constant_steps = isinstance(controller, dfx.ConstantStepSize)
-    jump_ts = _jump_times(jump_ts, field, args, settings.solver, dtype, constant_steps)
+    jump_ts = _jump_times(jump_ts, field, args, settings.solver, dtype, constant_steps,
+                          stacked=batch is not None)
     if controller_jumps is not None:
         # The controller's own `jump_ts` join `jump_ts`, where the backward pass
         # sees them too; the controller keeps the rest of its settings.

@@ -101,3 +101,76 @@ def test_shared_step_batched_state_agrees(reference):
     g = jax.jit(jax.grad(loss_shared), static_argnums=3)(PARAMS, Y0S, CONTROLS,
                                                           jaxsens.Discrete())
     assert rel(g, reference) < 1e-6
+
+
+def loss_batch(params, y0s, controls, method):
+    ys = jaxsens.solve(eqx.combine(params, STATIC), y0s, TS, controls, rtol=TOL,
+                       atol=TOL, sensitivity=method, batch=(0, 0)).ys
+    return jnp.sum(jnp.sin(ys))
+
+
+@pytest.mark.parametrize("name", ["Discrete", "GaussAdjoint"])
+def test_solve_batch_gradient_is_sum_of_members(reference, name):
+    """`solve(..., batch=(0, 0))`: the members as one state with a shared step."""
+    g = jax.jit(jax.grad(loss_batch), static_argnums=3)(PARAMS, Y0S, CONTROLS,
+                                                         METHODS[name])
+    assert rel(g, reference) < 1e-6
+
+
+def test_solve_batch_broadcasts_y0_and_sums_the_running_cost():
+    """A shared `y0` (`batch=(None, 0)`) gives each member's trajectory, `ys` with the
+    batch axis second; the running cost is the members' costs summed."""
+    field, y0 = FIELD, Y0S[0]
+
+    def cost(t, y, u):
+        return jnp.sum(y**2) + u(t) ** 2
+
+    def one(u):
+        sol = jaxsens.solve(field, y0, TS, u, rtol=TOL, atol=TOL, running_cost=cost)
+        return sol.ys, sol.cost
+
+    ys, costs = jax.jit(jax.vmap(one))(CONTROLS)
+    sol = jax.jit(lambda c: jaxsens.solve(field, y0, TS, c, rtol=TOL, atol=TOL,
+                                          running_cost=cost, batch=(None, 0)))(CONTROLS)
+    assert sol.ys.shape == (TS.shape[0], B, 2)
+    assert jnp.max(jnp.abs(sol.ys - jnp.swapaxes(ys, 0, 1))) < 1e-8
+    assert abs(sol.cost - jnp.sum(costs)) < 1e-8 * jnp.sum(costs)
+
+
+def test_solve_batch_steps_to_every_members_knots():
+    """The batch steps to the union of its members' `Control` sample times, as
+    `jax.vmap` steps each member to its own: the same steps as passing them as
+    `jump_ts`, and at a loose tolerance (a few natural steps) more steps than
+    the 11 distinct interior knots, where stepping past them takes fewer."""
+    shifted = jax.vmap(lambda v, s: jaxsens.Control(
+        jnp.linspace(0.0, 1.0, 5) + s, v, "cubic"))(CONTROLS.values,
+                                                     jnp.array([0.0, 0.03, 0.07]))
+    knots = jnp.sort(jnp.ravel(shifted.ts))
+
+    def steps(**kw):
+        sol = jaxsens.solve(FIELD, Y0S, TS, shifted, sensitivity=jaxsens.Discrete(),
+                            rtol=1e-3, atol=1e-3, batch=(0, 0), **kw)
+        return int(sol.stats["num_steps"])
+
+    default = steps()
+    assert default == steps(jump_ts=knots)
+    assert default > 11 > steps(jump_ts=[])
+
+
+@pytest.mark.parametrize(
+    "batch, match",
+    [(0, "must be a pair"), ((1, 0), "batch axis of `y0` must be 0"),
+     ((None, None), "does not fit"), ((0, 0), "does not fit")],
+)
+def test_solve_batch_errors(batch, match):
+    y0 = Y0S[:2] if batch == (0, 0) else Y0S[0]
+    with pytest.raises((TypeError, ValueError), match=match):
+        jaxsens.solve(FIELD, y0, TS, CONTROLS, batch=batch)
+
+
+def test_solve_batch_refuses_events():
+    import diffrax as dfx
+
+    event = dfx.Event(lambda t, y, args, **kw: y[0, 0] - 10.0)
+    with pytest.raises(ValueError, match="`batch=` with `event=`"):
+        jaxsens.solve(FIELD, Y0S, TS, CONTROLS, batch=(0, 0), event=event)
