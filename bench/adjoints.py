@@ -110,8 +110,10 @@ def _controls_grads(nc):
     def reference(p, c):  # float64, tight tolerances, every knot stepped to
         def loss(p, c):
             f = eqx.combine(p, static)
+            wide = jnp.float64
             ys = jax.vmap(lambda u: jaxsens.solve(
-                f, y0, ts, u, rtol=1e-11, atol=1e-11, max_steps=16**4,
+                f, y0.astype(wide), ts.astype(wide), u, rtol=1e-11, atol=1e-11,
+                max_steps=16**4,
                 sensitivity=jaxsens.Discrete()).ys)(c)
             return jnp.sum(ys**2) / P.NT
         wide = jax.tree.map(lambda x: x.astype(jnp.float64), (p, c))

@@ -12,7 +12,6 @@ import numpy as np
 import optax
 
 from . import _xla
-from ._batch import batched_field
 from ._control import Control
 from ._fit import fit
 from ._sensitivity.backsolve import BacksolveAdjoint
@@ -54,8 +53,8 @@ def make_data(n_controls: int, n_times: int, key):
     values = jr.normal(key, (n_controls, 13))
     controls = jax.vmap(lambda v: Control(knots, v, method="cubic"))(values)
     y0 = jnp.zeros((n_controls, 2))
-    ys = solve(batched_field(true_field), y0, ts, controls, rtol=1e-8, atol=1e-8,
-               sensitivity=Discrete()).ys
+    ys = solve(true_field, y0, ts, controls, rtol=1e-8, atol=1e-8,
+               sensitivity=Discrete(), batch=(0, 0)).ys
     return ts, controls, jnp.swapaxes(ys, 0, 1)
 
 

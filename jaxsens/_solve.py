@@ -124,6 +124,16 @@ def _check_field_output(field, t0, y0, args):
                 "return the real part (`jnp.real(...)`) if the imaginary part is "
                 "round-off."
             )
+        state_dtype = jnp.result_type(y)
+        if (jnp.issubdtype(o.dtype, jnp.inexact)
+                and jnp.result_type(state_dtype, o.dtype) != state_dtype):
+            raise ValueError(
+                f"`field(t, y, args)` returned {o.dtype} for a {state_dtype} state: "
+                "its parameters or `args` are wider than `y0`, and the solve keeps "
+                f"the state's precision. Pass `y0` as {o.dtype} (e.g. "
+                f"`y0.astype(jnp.{o.dtype})`) to solve in it, or cast the field's "
+                f"parameters and `args` to {state_dtype}."
+            )
         if jnp.shape(y) != o.shape:
             raise ValueError(
                 "`field(t, y, args)` must return dy/dt shaped like `y0`: a leaf of "

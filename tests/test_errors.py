@@ -119,6 +119,10 @@ def test_input_dtypes_and_settings():
         jax.jit(lambda r: jaxsens.solve(decay, Y0, TS, 1.0, rtol=r).ys)(-1.0)
     with pytest.raises(ValueError, match="returned complex values.*complex `y0`"):
         jaxsens.solve(lambda t, y, a: 1j * y, Y0, TS)
+    with pytest.raises(ValueError, match="returned float64 for a float32 state.*"
+                       "`y0.astype\\(jnp.float64\\)`"):
+        jaxsens.solve(lambda t, y, a: -a * y, Y0.astype(jnp.float32), TS,
+                      jnp.float64(1.0))
     for ts in (jnp.array([]), jnp.array(1.0)):
         with pytest.raises(ValueError, match="`ts` must be a 1-D array"):
             jaxsens.solve(decay, Y0, ts, 1.0)

@@ -5,12 +5,10 @@ from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
-from .._batch import batched_field
 from .._sensitivity._options import DEFAULT_TOL, MAX_STEPS, SolverSettings
 from .._sensitivity.auto import Auto
 from .._sensitivity.base import AbstractSensitivity
@@ -83,11 +81,11 @@ class NeuralODE(eqx.Module):
         self.sensitivity = Auto() if sensitivity is None else sensitivity
 
     def solve(self, y0: PyTree[ArrayLike], ts: Float[ArrayLike, " times"],
-              args: PyTree = None, *, field: Callable | None = None) -> Solution:
-        """The full `jaxsens.Solution` of `dy/dt = field(t, y, args)` from `y0`."""
-        return solve(self.field if field is None else field, y0, ts, args,
-                     sensitivity=self.sensitivity,
-                     **SolverSettings.of(self).keywords())
+              args: PyTree = None, *, batch: tuple | None = None) -> Solution:
+        """The full `jaxsens.Solution` of `dy/dt = field(t, y, args)` from `y0`
+        (`batch` as for [`jaxsens.solve`][])."""
+        return solve(self.field, y0, ts, args, sensitivity=self.sensitivity,
+                     batch=batch, **SolverSettings.of(self).keywords())
 
     def __call__(self, y0: PyTree[ArrayLike], ts: Float[ArrayLike, " times"],
                  args: PyTree = None) -> PyTree[Array]:
@@ -97,7 +95,8 @@ class NeuralODE(eqx.Module):
                 args: PyTree = None, *, y0_axis: int | None = 0,
                 args_axis: Any = 0) -> PyTree[Array]:
         """Solve a batch of trajectories as one batched state with one shared
-        adaptive step size (see [`jaxsens.batched_field`][] for when this wins).
+        adaptive step size (`jaxsens.solve(..., batch=...)`; see there for when
+        this wins).
 
         **Arguments:** `y0`, `ts`, `args` as for `model(...)`, where `y0` and `args`
         carry a leading batch axis unless their axis is `None`: `y0_axis=None`
@@ -122,8 +121,6 @@ class NeuralODE(eqx.Module):
         """
         if y0_axis not in (0, None):
             raise ValueError(f"`y0_axis` must be 0 or None, got {y0_axis!r}.")
-        # vmap's own broadcasting gives every member its `y0` (and checks sizes).
-        y0 = jax.vmap(lambda y, _: y, in_axes=(y0_axis, args_axis))(y0, args)
-        ys = self.solve(y0, ts, args, field=batched_field(self.field, args_axis)).ys
+        ys = self.solve(y0, ts, args, batch=(y0_axis, args_axis)).ys
         return jtu.tree_map(lambda y: jnp.swapaxes(y, 0, 1), ys)
 
