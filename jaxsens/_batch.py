@@ -30,6 +30,10 @@ class BatchedField(eqx.Module):
 def batched_field(field: Callable, args_axis: Any = 0) -> BatchedField:
     """Turn a field for one trajectory into a field for a batch of them, so that a
     whole batch is solved as ONE state with one shared adaptive step size.
+    `jaxsens.solve(field, y0, ts, args, batch=(y0_axis, args_axes))` does this
+    for you (and broadcasts a shared `y0`, steps to every member's `Control`
+    sample times, sums a running cost); use the field itself to hand the batch
+    to other code.
 
     Two ways to solve `B` trajectories (e.g. one per control input):
 
@@ -38,7 +42,7 @@ def batched_field(field: Callable, args_axis: Any = 0) -> BatchedField:
         evaluating every member at every iteration (finished members are masked,
         not skipped). With a continuous adjoint, each member also carries its own
         parameter adjoint `μ` (B × p) on the way back.
-    - `jaxsens.solve(batched_field(f), y0s, ts, args)`: one loop, one step size for
+    - `jaxsens.solve(f, y0s, ts, args, batch=(0, 0))`: one loop, one step size for
         all members chosen from the RMS error norm over the whole batch (as
         torchdiffeq does with a batched state). The field's vjp w.r.t. the
         parameters sums over the batch inside the solve, so a continuous adjoint
