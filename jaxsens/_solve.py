@@ -22,7 +22,7 @@ from ._sensitivity._options import (
     static_times,
 )
 from ._sensitivity.auto import Auto, has_tracer
-from ._sensitivity.base import AbstractSensitivity, all_finite, dense_solve
+from ._sensitivity.base import AbstractSensitivity, all_finite
 from ._sensitivity.discrete import Discrete
 from ._sensitivity.forward import Forward
 from ._sensitivity.krylov import KrylovExpm
@@ -532,13 +532,9 @@ def solve(
                         event_state=event_state, event_happened=out.event_happened,
                         cost=cost)
     if dense:
-        if isinstance(method, Forward):
-            ys, stats, result, interpolation = method.solve_dense(
-                field, y0, ts, args, options)
-        else:
-            ys, stats, result, interpolation = dense_solve(
-                field, y0, ts, args, options,
-                method.diffrax_adjoint(y0, options.max_steps))
+        # `_check_dense` let through only the methods that have a dense solve.
+        ys, stats, result, interpolation = method.solve_dense(
+            field, y0, ts, args, options)
         ys, _, cost = split(ys)
         dense_output = DenseOutput(interpolation, has_cost=running_cost is not None)
         return Solution(ts=ts, ys=ys, stats=stats, result=result, sensitivity=method,

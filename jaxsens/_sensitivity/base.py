@@ -190,12 +190,6 @@ def discrete_solve(field, y0, ts, args, options, adjoint, *, dense=False):
     return ys, stats_of(sol), sol.result, eqx.combine(coeffs, rest)
 
 
-def dense_solve(field, y0, ts, args, options, adjoint):
-    """`solve(..., dense=True)`'s solve: `Discrete`'s (`discrete_solve`), with
-    diffrax's dense output."""
-    return discrete_solve(field, y0, ts, args, options, adjoint, dense=True)
-
-
 # At least this many steps, a quarter of them rejected: the step size collapsed.
 _COLLAPSE_MIN_STEPS = 64
 _COLLAPSE_REJECTED = 0.25

@@ -110,4 +110,10 @@ class Discrete(AbstractSensitivity):
         ys, stats, result, _ = discrete_solve(field, y0, ts, args, options, adjoint)
         return ys, stats, result
 
+    def solve_dense(self, field, y0, ts, args, options):
+        """`(ys, stats, result, interpolation)`: the solve with diffrax's dense
+        output (`solve(..., dense=True)`), both differentiated through diffrax."""
+        adjoint = self.diffrax_adjoint(y0, options.max_steps)
+        return discrete_solve(field, y0, ts, args, options, adjoint, dense=True)
+
 
