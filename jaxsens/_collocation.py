@@ -28,6 +28,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from . import _fit
+from ._sensitivity._options import DEFAULT_TOL, MAX_STEPS
 from ._sensitivity.auto import Auto
 from ._sensitivity.base import AbstractSensitivity
 from ._shooting import ShootingModel, init_model, multiple_shooting_loss
@@ -315,9 +316,9 @@ def two_stage_fit(
     degree: int = 2,
     sensitivity: AbstractSensitivity = Auto(),  # noqa: B008 (immutable Module)
     solver=None,
-    rtol: float = 1e-6,
-    atol: float = 1e-6,
-    max_steps: int = 16**3,
+    rtol: float = DEFAULT_TOL,
+    atol: float = DEFAULT_TOL,
+    max_steps: int = MAX_STEPS,
 ) -> TwoStageFit:
     """Collocation, then shooting: the two-stage method.
 

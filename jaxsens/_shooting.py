@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
+from ._sensitivity._options import DEFAULT_TOL, MAX_STEPS
 from ._sensitivity.auto import Auto
 from ._sensitivity.base import AbstractSensitivity
 from ._solve import solve
@@ -147,10 +148,10 @@ def predict_segments(
     *,
     sensitivity: AbstractSensitivity = Auto(),  # noqa: B008 (immutable Module)
     solver=None,
-    rtol: float = 1e-6,
-    atol: float = 1e-6,
+    rtol: float = DEFAULT_TOL,
+    atol: float = DEFAULT_TOL,
     dt0: float | None = None,
-    max_steps: int = 16**3,
+    max_steps: int = MAX_STEPS,
 ) -> tuple[Float[Array, "segments samples"], Float[Array, "segments samples ..."],
            np.ndarray]:
     """Solve every segment from its start state (all at once, `jax.vmap`).
@@ -198,10 +199,10 @@ def multiple_shooting_loss(
     *,
     sensitivity: AbstractSensitivity = Auto(),  # noqa: B008 (immutable Module)
     solver=None,
-    rtol: float = 1e-6,
-    atol: float = 1e-6,
+    rtol: float = DEFAULT_TOL,
+    atol: float = DEFAULT_TOL,
     dt0: float | None = None,
-    max_steps: int = 16**3,
+    max_steps: int = MAX_STEPS,
 ) -> Float[Array, ""]:
     """The multiple-shooting loss of `model` on the record `(ts, data)`.
 

@@ -12,6 +12,7 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
+from ._sensitivity._options import DEFAULT_TOL, MAX_STEPS
 from ._sensitivity.base import all_finite, tree_size
 from ._solution import RESULTS
 
@@ -214,10 +215,10 @@ class Integrate(AbstractSteadyStateMethod):
     """
 
     solver: dfx.AbstractSolver | None = None
-    rtol: float = 1e-6
-    atol: float = 1e-6
+    rtol: float = DEFAULT_TOL
+    atol: float = DEFAULT_TOL
     dt0: float | None = None
-    max_steps: int = 16**3
+    max_steps: int = MAX_STEPS
     polish: Newton | None = Newton()
 
     def __check_init__(self):
