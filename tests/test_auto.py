@@ -135,3 +135,31 @@ def test_only_y0_traced_and_implicit_counts():
 
     jax.grad(decide)(jnp.array([1.0, 0.1, 0.2]))
     assert facts["rule"].startswith("p = 3 ≤ forward_threshold_implicit = 64")
+
+
+def test_implicit_many_inputs_picks_gauss_in_float64_discrete_in_float32():
+    """Above `forward_threshold_implicit`, an implicit solve is differentiated by
+    `GaussAdjoint` in float64 (the crossover's fastest reverse method on the stiff
+    grid) and by `Discrete` in float32 (an implicit backward solve cannot meet tight
+    tolerances there); the gradient Auto gives is GaussAdjoint's, equal to
+    Discrete's."""
+    rates = jnp.linspace(1.0, 100.0, 70)  # p = 70 > 64
+
+    def field(t, y, k):
+        return -k * y + 0.1 * jnp.roll(y, 1)
+
+    y0, ts = jnp.ones(70), jnp.linspace(0.0, 1.0, 3)
+    decide = functools.partial(jaxsens.Auto().decide, solver=diffrax.Kvaerno5())
+    d64 = decide(field, y0, ts, rates)
+    assert d64.method == jaxsens.GaussAdjoint() and d64.case == "gauss"
+    assert "GaussAdjoint" in str(d64)
+    d32 = decide(field, y0.astype(jnp.float32), ts, rates.astype(jnp.float32))
+    assert d32.method == jaxsens.Discrete() and "float32" in str(d32)
+
+    def grad(method):
+        return jax.jit(jax.grad(lambda k: jnp.sum(jaxsens.solve(
+            field, y0, ts, k, solver=diffrax.Kvaerno5(), rtol=1e-8, atol=1e-8,
+            sensitivity=method).ys ** 2)))(rates)
+
+    auto = grad(jaxsens.Auto())
+    assert rel_err(auto, grad(jaxsens.Discrete())) < 1e-5

@@ -8,6 +8,7 @@ import jax.tree_util as jtu
 
 from ._backward import AbstractIntegral, tree_add, zeros_like
 from ._loop import gauss_legendre
+from .base import tree_size
 
 
 class InState(AbstractIntegral):
@@ -67,22 +68,51 @@ class Store(eqx.Module):
     mu: object
 
 
+# `StoredNodes`' defaults: a chunk (one vjp) moves about `CHUNK_BYTES` of nodes,
+# states, cotangents and parameter cotangents; a store holds about
+# `STORE_BYTES` of nodes, and at most `STORE_MAX_STEPS` steps.
+CHUNK_BYTES = 2**20
+STORE_BYTES = 2**22
+CHUNK_MAX_STEPS = 32
+STORE_MAX_STEPS = 256
+
+
 class StoredNodes(AbstractIntegral):
     """Each accepted step leaves its `nodes` Gauss–Legendre points `(t, y, wλ)` in
     a store of `store_steps` steps; when it is full (and at the end) the store is
     integrated `chunk` steps × `nodes` points per vjp — the most parallel way to
     spend the parameter vjps. Memory does not grow with the number of steps.
-    SciMLSensitivity's `QuadratureAdjoint`; Cao, Li, Petzold & Serban 2003."""
+    `chunk=None`/`store_steps=None` size both by the bytes a step's nodes take
+    (`CHUNK_BYTES`, `STORE_BYTES`): large states get smaller stores, and the
+    last, partly filled chunk wastes fewer vjps. SciMLSensitivity's
+    `QuadratureAdjoint`; Cao, Li, Petzold & Serban 2003."""
 
     nodes: int = eqx.field(static=True, default=3)
-    chunk: int = eqx.field(static=True, default=32)
-    store_steps: int = eqx.field(static=True, default=256)
+    chunk: int | None = eqx.field(static=True, default=None)
+    store_steps: int | None = eqx.field(static=True, default=None)
     in_state = False
     segmented = True
 
+    def _chunk(self, bp):
+        if self.chunk is not None:
+            return self.chunk
+        problem = bp.problem
+        itemsize = jnp.dtype(jnp.result_type(problem.ts)).itemsize
+        # A node's state and cotangent, and its share of the parameter vjp.
+        per_step = self.nodes * (2 * tree_size(problem.y0)
+                                 + tree_size(problem.diff)) * itemsize
+        return max(1, min(CHUNK_MAX_STEPS, CHUNK_BYTES // per_step))
+
     def _size(self, bp):
-        steps = min(self.store_steps, bp.max_steps)
-        return -(-steps // self.chunk) * self.chunk
+        chunk = self._chunk(bp)
+        steps = self.store_steps
+        if steps is None:
+            problem = bp.problem
+            itemsize = jnp.dtype(jnp.result_type(problem.ts)).itemsize
+            per_step = self.nodes * 2 * tree_size(problem.y0) * itemsize
+            steps = max(chunk, min(STORE_MAX_STEPS, STORE_BYTES // per_step))
+        steps = min(steps, bp.max_steps)
+        return -(-steps // chunk) * chunk
 
     def carry0(self, bp):
         problem = bp.problem
@@ -109,14 +139,16 @@ class StoredNodes(AbstractIntegral):
     def flush(self, bp, store):
         bufs, count = store.bufs, store.count
 
+        chunk = self._chunk(bp)
+
         def integrate_chunk(c, mu):
-            i = c * self.chunk
+            i = c * chunk
             t, y, lam = jtu.tree_map(
-                lambda x: lax.dynamic_slice_in_dim(x, i, self.chunk), bufs)
+                lambda x: lax.dynamic_slice_in_dim(x, i, chunk), bufs)
             # Unused slots (possibly a rejected step's non-finite values, or an
             # earlier segment's): weight zero, at a valid node (slot 0), so the
             # field is evaluated only where it was on the way back.
-            valid = jnp.arange(self.chunk) + i < count
+            valid = jnp.arange(chunk) + i < count
             mask = lambda x: valid.reshape((-1,) + (1,) * (x.ndim - 1))  # noqa: E731
             t, y = jtu.tree_map(lambda x, b: jnp.where(mask(x), x, b[0][None]),
                                 (t, y), bufs[:2])
@@ -125,7 +157,7 @@ class StoredNodes(AbstractIntegral):
             t, y, lam = jtu.tree_map(merge, (t, y, lam))
             return tree_add(mu, bp.param_vjp(t, y, lam))
 
-        n_chunks = (count + self.chunk - 1) // self.chunk
+        n_chunks = (count + chunk - 1) // chunk
         mu = lax.fori_loop(0, n_chunks, integrate_chunk, store.mu)
         return Store(bufs, jnp.zeros_like(count), mu)
 

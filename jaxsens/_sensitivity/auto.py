@@ -12,6 +12,7 @@ from ._options import SolveOptions
 from .base import AbstractSensitivity, float_args_as_arrays, tree_size
 from .discrete import Discrete
 from .forward import Forward
+from .gauss import GaussAdjoint
 
 
 def _without_sample_times(tree):
@@ -66,6 +67,7 @@ _FORWARD_PER_COLUMN = 0.1
 _FORWARD_BASE_IMPLICIT = 0.3  # implicit solver: one tangent per input
 _FORWARD_PER_INPUT_IMPLICIT = 0.009
 _GAUSS = 1.5
+_GAUSS_IMPLICIT = 0.75
 _INTERPOLATING = 2.5
 
 
@@ -78,7 +80,8 @@ def _estimates(n: int, num: int, implicit: bool) -> dict:
         forward = _FORWARD_BASE + _FORWARD_PER_STATE * n + _FORWARD_PER_ENTRY * n * num
     else:
         forward = _FORWARD_COLUMNS_BASE + _FORWARD_PER_COLUMN * num * (1 + n / 4096)
-    return {"Forward": forward, "Discrete": 1.0, "GaussAdjoint": _GAUSS,
+    return {"Forward": forward, "Discrete": 1.0,
+            "GaussAdjoint": _GAUSS_IMPLICIT if implicit else _GAUSS,
             "InterpolatingAdjoint": _INTERPOLATING}
 
 
@@ -91,12 +94,12 @@ class AutoDecision:
 
     - `method`: the chosen sensitivity method (an instance).
     - `case`: which branch of the rule fired: `"krylov"`, `"expm"`, `"forward"`,
-      `"forward_columns"` or `"discrete"`.
+      `"forward_columns"`, `"gauss"` or `"discrete"`.
     - `facts`: `n` (state size), `p` (trainable scalars counted), `n_times`,
       `linear` (a `LinearField`), `matrix_free`, `implicit` (implicit solver),
-      `solver`; for non-linear fields also `y0_counted` (whether `y0` counts as
-      differentiated), `traced` (counted inside a trace), `y0_traced`,
-      `y0_override` (`Auto(y0_differentiated=...)`, or `None`).
+      `solver`, `float64` (the state is wider than float32); for non-linear
+      fields also `y0_counted` (whether `y0` counts as differentiated), `traced`
+      (counted inside a trace), `y0_traced`, `y0_override` (`Auto(y0_differentiated=...)`, or `None`).
     - `thresholds`: the `Auto` thresholds the rule compared against.
     - `estimates`: method name → estimated warm gradient time relative to the
       chosen method (1.0), from a cost model fitted to the benchmarks. Estimates,
@@ -147,6 +150,9 @@ class AutoDecision:
             name, inputs, num = "forward_threshold", "n + p", f["n"] + f["p"]
         if self.case == "forward":
             return f"{inputs} = {num} ≤ {name} = {th[name]}: forward sensitivities"
+        if self.case == "gauss":
+            return (f"{inputs} = {num} > {name} = {th[name]} with an implicit solver "
+                    "in float64: the continuous adjoint GaussAdjoint")
         return (f"{inputs} = {num} > {name} = {th[name]}: reverse mode through the "
                 "solver's steps")
 
@@ -173,15 +179,25 @@ class AutoDecision:
                        "(recursive checkpointing), and its gradient is the exact "
                        "gradient of the discretised solution.")
             if f["implicit"]:
-                reasons += (f"{f['solver']} is implicit: Discrete differentiates its "
-                            "Newton iterations too, and is still the fastest on the "
-                            "benchmarks.",)
+                reasons += (f"{f['solver']} is implicit and the state is float32: "
+                            "an implicit backward solve in float32 cannot meet tight "
+                            "tolerances, so Discrete (which differentiates the "
+                            "forward Newton iterations) rather than GaussAdjoint.",)
             elif f["y0_counted"] and n > p and p <= th["forward_columns_max"]:
                 reasons += ("If y0 is not differentiated, Forward by Jacobian columns "
                             f"(p = {p} per stage) beats Discrete: inside `jit`/`grad` "
                             "Auto sees that when y0 is a constant (not an argument "
                             "of the traced function); otherwise pass "
                             "`Auto(y0_differentiated=False)`.",)
+        elif self.case == "gauss":
+            reasons = (f"Forward would solve the {n} × {num} sensitivity matrix with "
+                       "y; Discrete would differentiate every Newton iteration of "
+                       f"{f['solver']}.",
+                       "GaussAdjoint integrates only λ backwards (a state the size of "
+                       "y, with the same implicit solver) and the parameter integral "
+                       "by Gauss–Legendre nodes, one batched vjp per backward step: "
+                       "the fastest reverse method on the benchmarked stiff problems "
+                       "(the README's performance section).")
         else:
             if f["implicit"]:
                 how = f"{num} tangents through the solve"
@@ -235,11 +251,15 @@ class Auto(AbstractSensitivity):
        `forward_threshold_implicit`: its backward pass is dearer. Forward
        sensitivities solve the matrix `∂y/∂(inputs)` with `y` and need no backward
        pass, so they beat every reverse method while that matrix is small.
-    3. Otherwise `Discrete()`: reverse mode through diffrax's steps with recursive
+    3. Otherwise, with an implicit solver and a float64 state, `GaussAdjoint()`:
+       `λ` backwards with the same implicit solver and the parameter integral by
+       Gauss–Legendre nodes, the fastest reverse method on the benchmarked stiff
+       problems (`Discrete` differentiates every Newton iteration). In float32 an
+       implicit backward solve cannot meet tight tolerances: `Discrete()` then.
+    4. Otherwise `Discrete()`: reverse mode through diffrax's steps with recursive
        checkpointing, the fastest reverse method (or close to it) on the
-       benchmarked non-linear problems, with flat memory. The continuous adjoints
-       remain the choice when you need a gradient whose cost does not depend on
-       differentiating the solver's internals (pick them explicitly).
+       benchmarked non-stiff problems, with flat memory. The other continuous
+       adjoints remain the choice when memory matters (pick them explicitly).
 
     The thresholds are where the measured crossovers lie on CPU (the README's
     performance section); `AutoDecision.estimates` gives the cost model's view of
@@ -310,6 +330,9 @@ class Auto(AbstractSensitivity):
             matrix_free=bool(linear and field.is_matrix_free(args)),
             implicit=isinstance(solver, dfx.AbstractImplicitSolver),
             solver=type(solver).__name__,
+            float64=any(jnp.finfo(jnp.result_type(x)).bits > 32
+                        for x in jtu.tree_leaves(y0)
+                        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)),
         )
         thresholds = dict(
             forward_threshold=self.forward_threshold,
@@ -340,16 +363,17 @@ class Auto(AbstractSensitivity):
         # The perturbed inputs Forward would carry: columns of the sensitivity matrix.
         num = p + (n if y0_counted else 0)
         if facts["implicit"]:
-            case = "forward" if num <= self.forward_threshold_implicit else "discrete"
+            case = ("forward" if num <= self.forward_threshold_implicit
+                    else "gauss" if facts["float64"] else "discrete")
         elif n + p <= self.forward_threshold:
             case = "forward"
         elif not y0_counted and p <= self.forward_columns_max:
             case = "forward_columns"
         else:
             case = "discrete"
-        method = Discrete() if case == "discrete" else Forward()
+        method = {"discrete": Discrete(), "gauss": GaussAdjoint()}.get(case, Forward())
         costs = _estimates(n, num, facts["implicit"])
-        chosen = costs["Discrete" if case == "discrete" else "Forward"]
+        chosen = costs[type(method).__name__]
         estimates = {name: c / chosen for name, c in costs.items()}
         return AutoDecision(method, case, facts, thresholds, estimates)
 

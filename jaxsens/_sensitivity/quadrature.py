@@ -23,7 +23,9 @@ class QuadratureAdjoint(AbstractAdjoint):
     **Arguments:** `solver`, `rtol`, `atol`, `max_steps` of the backward solve
     (default: the forward's solver and tolerances, twice its step budget plus
     `len(ts)`); `nodes`, Gauss–Legendre points per backward step; `chunk`,
-    backward steps per batched vjp; `store_steps`, backward steps per store;
+    backward steps per batched vjp (default: as many as move about 1 MiB of
+    nodes, cotangents and parameter cotangents, at most 32); `store_steps`,
+    backward steps per store (default: about 4 MiB of nodes, at most 256);
     `dense_steps`, as `GaussAdjoint`'s.
 
     Cites: SciMLSensitivity.jl `QuadratureAdjoint`; Cao, Li, Petzold & Serban 2003.
@@ -44,15 +46,17 @@ class QuadratureAdjoint(AbstractAdjoint):
     atol: float | None = None
     max_steps: int | None = None
     nodes: int = eqx.field(static=True, default=3)
-    chunk: int = eqx.field(static=True, default=32)
-    store_steps: int = eqx.field(static=True, default=256)
+    chunk: int | None = eqx.field(static=True, default=None)
+    store_steps: int | None = eqx.field(static=True, default=None)
     dense_steps: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         for name in ("nodes", "chunk", "store_steps"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
+            if (v is not None or name == "nodes") and (not isinstance(v, int) or v < 1):
+                raise ValueError(
+                    f"`{name}` must be a positive int"
+                    + ("" if name == "nodes" else " or None") + f", got {v!r}.")
         if self.dense_steps is not None and (
                 not isinstance(self.dense_steps, int) or self.dense_steps < 1):
             raise ValueError(
