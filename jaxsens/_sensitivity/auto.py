@@ -99,7 +99,8 @@ class AutoDecision:
       `linear` (a `LinearField`), `matrix_free`, `implicit` (implicit solver),
       `solver`, `float64` (the state is wider than float32); for non-linear
       fields also `y0_counted` (whether `y0` counts as differentiated), `traced`
-      (counted inside a trace), `y0_traced`, `y0_override` (`Auto(y0_differentiated=...)`, or `None`).
+      (counted inside a trace), `y0_traced`, `y0_override`
+      (`Auto(y0_differentiated=...)`, or `None`).
     - `thresholds`: the `Auto` thresholds the rule compared against.
     - `estimates`: method name → estimated warm gradient time relative to the
       chosen method (1.0), from a cost model fitted to the benchmarks. Estimates,
