@@ -22,6 +22,19 @@ def lv_loss(method, alpha_beta, y0, args):
     return LV.loss(method, field, y0, args, tol=TOL)
 
 
+@functools.cache
+def value_and_grads(method_name):
+    """The jitted value and gradient w.r.t. (rates, y0, args) of the Lotka–Volterra
+    loss by one method: compiled once, called by every test that needs it."""
+    loss = functools.partial(lv_loss, METHODS[method_name])
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+
+def discrete_grad(p):
+    """The `Discrete` gradient of the Lotka–Volterra loss w.r.t. its rates `p`."""
+    return value_and_grads("Discrete")(p, LV.y0, LV.args)[1][0]
+
+
 @pytest.mark.parametrize("method_name", list(METHODS))
 def test_vmap_of_grad_equals_loop_of_grads(method_name):
     method = METHODS[method_name]
@@ -30,40 +43,34 @@ def test_vmap_of_grad_equals_loop_of_grads(method_name):
     args = jnp.stack([LV.args, LV.args * 0.9])
     p = LV.field.alpha_beta
     batched = jax.jit(jax.vmap(grad, in_axes=(None, 0, 0)))(p, y0s, args)
-    single = jax.jit(grad)
     # Under vmap an FSAL solver re-evaluates its first stage for every member when
     # any member has just crossed a save time (diffrax batches that decision), so
     # adaptive step sequences of the continuous adjoints can differ at rounding
     # level and results at the solver's tolerance level (measured: 4e-8 at 1e-9).
     tol = 1e-10 if method_name in ("Discrete", "Forward") else 1e-6
     for i in range(2):
-        one = single(p, y0s[i], args[i])
+        _, one = value_and_grads(method_name)(p, y0s[i], args[i])
         for b, o in zip(batched, one, strict=True):
             assert rel_err(b[i], o) < tol
 
 
-@functools.cache
-def discrete_grad():
-    """The jitted `Discrete` gradient of the Lotka–Volterra loss w.r.t. its rates."""
-    return jax.jit(jax.grad(lambda p: lv_loss(jaxsens.Discrete(), p, LV.y0, LV.args)))
-
-
 @pytest.mark.parametrize("method_name", ["Forward", "InterpolatingAdjoint", "Discrete"])
 def test_jit_equals_eager(method_name):
-    method = METHODS[method_name]
-    grad = jax.grad(lambda p: lv_loss(method, p, LV.y0, LV.args))
-    p = LV.field.alpha_beta
-    assert rel_err(jax.jit(grad)(p), grad(p)) < 1e-12
+    loss = functools.partial(lv_loss, METHODS[method_name])
+    inputs = (LV.field.alpha_beta, LV.y0, LV.args)
+    value, grads = value_and_grads(method_name)(*inputs)
+    eager_value, eager_grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(*inputs)
+    assert float(value) == pytest.approx(float(eager_value), rel=1e-12)
+    assert rel_err(grads, eager_grads) < 1e-12
 
 
 def test_value_and_grad_and_vmap_of_solve():
     method = jaxsens.InterpolatingAdjoint()
     p = LV.field.alpha_beta
-    value, grad = jax.jit(jax.value_and_grad(
-        lambda p: lv_loss(method, p, LV.y0, LV.args)))(p)
-    discrete = jax.jit(lambda p: lv_loss(jaxsens.Discrete(), p, LV.y0, LV.args))
-    assert value == pytest.approx(float(discrete(p)), rel=1e-8)
-    assert rel_err(grad, discrete_grad()(p)) < 1e-6
+    value, grads = value_and_grads("InterpolatingAdjoint")(p, LV.y0, LV.args)
+    discrete_value, discrete_grads = value_and_grads("Discrete")(p, LV.y0, LV.args)
+    assert float(value) == pytest.approx(float(discrete_value), rel=1e-8)
+    assert rel_err(grads, discrete_grads) < 1e-6
     # vmap of the solve itself, over args.
     args = jnp.stack([LV.args, LV.args * 0.9, LV.args * 1.1])
     ys_of = jax.jit(lambda a: jaxsens.solve(LV.field, LV.y0, LV.ts, a, sensitivity=method).ys)
@@ -118,8 +125,8 @@ FORWARD_CAPABLE = {
 @pytest.fixture(scope="module")
 def fd_hessian():
     p = LV.field.alpha_beta
-    grad = discrete_grad()
     eps = 1e-5
+    grad = discrete_grad
     cols = [(grad(p.at[i].add(eps)) - grad(p.at[i].add(-eps))) / (2 * eps) for i in range(2)]
     return jnp.stack(cols, axis=1)
 
@@ -129,16 +136,20 @@ def test_jvp_jacfwd_hessian(method_name, fd_hessian):
     method = FORWARD_CAPABLE[method_name]
     p = LV.field.alpha_beta
     loss = lambda p: lv_loss(method, p, LV.y0, LV.args)  # noqa: E731
-    ref_grad = discrete_grad()(p)
+    ref_grad = discrete_grad(p)
     v = jnp.array([0.3, -0.7])
     _, tangent = jax.jit(lambda p, v: jax.jvp(loss, (p,), (v,)))(p, v)
     assert float(tangent) == pytest.approx(float(ref_grad @ v), rel=1e-7)
-    jac = jax.jit(jax.jacfwd(lambda p: jaxsens.solve(
-        LV.field.__class__(p), LV.y0, LV.ts, LV.args, sensitivity=method,
-        rtol=TOL, atol=TOL).ys))(p)
+
+    def ys_twice(p):  # the Jacobian of ys, and ys itself as the auxiliary output
+        ys = jaxsens.solve(LV.field.__class__(p), LV.y0, LV.ts, LV.args,
+                           sensitivity=method, rtol=TOL, atol=TOL).ys
+        return ys, ys
+
+    jac, ys = jax.jit(jax.jacfwd(ys_twice, has_aux=True))(p)
     assert jac.shape == (LV.ts.shape[0], 2, 2)
-    assert rel_err(jnp.einsum("tij,ti->j", jac, jax.grad(sum_squares)(jaxsens.solve(
-        LV.field, LV.y0, LV.ts, LV.args, rtol=TOL, atol=TOL).ys)), ref_grad) < 1e-6
+    cotangent = jax.grad(sum_squares)(ys)
+    assert rel_err(jnp.einsum("tij,ti->j", jac, cotangent), ref_grad) < 1e-6
     hess = jax.jit(jax.hessian(loss))(p)
     assert rel_err(hess, fd_hessian) < 1e-5
     assert rel_err(hess, hess.T) < 1e-8
