@@ -5,6 +5,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 
 class BatchedField(eqx.Module):
@@ -92,7 +93,7 @@ class _SummedCost(eqx.Module):
 
     def __call__(self, t, y, args):
         per_member = jax.vmap(self.cost, in_axes=(None, 0, self.args_axis))
-        return jax.numpy.sum(per_member(t, y, args))
+        return jnp.sum(per_member(t, y, args))
 
 
 def as_batch(batch, field, y0, args, running_cost):

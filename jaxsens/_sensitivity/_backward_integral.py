@@ -93,24 +93,25 @@ class StoredNodes(AbstractIntegral):
     in_state = False
     segmented = True
 
+    def _step_bytes(self, bp, params: bool):
+        """The bytes of one step's nodes: a state and a cotangent per node, and
+        with `params` the node's share of the parameter vjp."""
+        problem = bp.problem
+        itemsize = jnp.dtype(jnp.result_type(problem.ts)).itemsize
+        entries = 2 * tree_size(problem.y0) + (tree_size(problem.diff) if params else 0)
+        return self.nodes * entries * itemsize
+
     def _chunk(self, bp):
         if self.chunk is not None:
             return self.chunk
-        problem = bp.problem
-        itemsize = jnp.dtype(jnp.result_type(problem.ts)).itemsize
-        # A node's state and cotangent, and its share of the parameter vjp.
-        per_step = self.nodes * (2 * tree_size(problem.y0)
-                                 + tree_size(problem.diff)) * itemsize
-        return max(1, min(CHUNK_MAX_STEPS, CHUNK_BYTES // per_step))
+        return max(1, min(CHUNK_MAX_STEPS, CHUNK_BYTES // self._step_bytes(bp, True)))
 
     def _size(self, bp):
         chunk = self._chunk(bp)
         steps = self.store_steps
         if steps is None:
-            problem = bp.problem
-            itemsize = jnp.dtype(jnp.result_type(problem.ts)).itemsize
-            per_step = self.nodes * 2 * tree_size(problem.y0) * itemsize
-            steps = max(chunk, min(STORE_MAX_STEPS, STORE_BYTES // per_step))
+            steps = max(chunk, min(STORE_MAX_STEPS,
+                                   STORE_BYTES // self._step_bytes(bp, False)))
         steps = min(steps, bp.max_steps)
         return -(-steps // chunk) * chunk
 
