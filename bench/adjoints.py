@@ -203,6 +203,7 @@ def child(table, key, rounds, exclude):
     if table == "dense":
         pr = dense_tanh(key)
         fns, args, ref_name = _dense_grads(pr, METHODS), (pr.args,), "Discrete"
+        ref = None
     elif table == "events":
         fns, args, ref = _events_grads()
         ref, ref_name = np.asarray(ref, np.float64), None
