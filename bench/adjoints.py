@@ -292,7 +292,7 @@ def events_md(res):
 
 
 def memory_md(results):
-    names = [k for k in results[0] if k not in ("t1", "max_steps", "steps")]
+    names = [k for k in results[0] if k not in ("t1", "max_steps", "steps", "wall_s")]
     out = ["| forward steps | max_steps | " + " | ".join(names) + " |",
            "| ---: | ---: |" + " ---: |" * len(names)]
     for r in results:
