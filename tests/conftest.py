@@ -1,6 +1,14 @@
-import jax
+import os
 
-import jaxsens
+from tests import CHEAP_CODEGEN
+
+
+# Before JAX starts its backend: see `CHEAP_CODEGEN`.
+os.environ["XLA_FLAGS"] = f"{CHEAP_CODEGEN} {os.environ.get('XLA_FLAGS', '')}".strip()
+
+import jax  # noqa: E402
+
+import jaxsens  # noqa: E402
 
 
 # As the README tells users: before JAX runs anything. The suite's timings (and a

@@ -1,8 +1,9 @@
 """`python -m jaxsens demo --quick` runs end to end and writes its PNG."""
 
-import os
 import subprocess
 import sys
+
+from tests import child_env
 
 
 def test_help():
@@ -16,8 +17,7 @@ def test_help():
 
 def test_quick_demo(tmp_path):
     png = tmp_path / "demo.png"
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    env = child_env()
     out = subprocess.run(
         [sys.executable, "-m", "jaxsens", "demo", "--quick", "--out", str(png)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)

@@ -12,6 +12,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests import CHEAP_CODEGEN
+
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -42,7 +44,7 @@ def test_notebook_executes(path, monkeypatch):
     # The kernel inherits this process's environment.
     monkeypatch.setenv("JAXSENS_NOTEBOOK_SIZE", "small")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # threaded BLAS stalls on 2 cores
-    monkeypatch.delenv("XLA_FLAGS", raising=False)   # test_shard sets 4 host devices
+    monkeypatch.setenv("XLA_FLAGS", CHEAP_CODEGEN)  # each notebook sets up XLA itself
     monkeypatch.delenv("JAX_ENABLE_X64", raising=False)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(

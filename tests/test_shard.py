@@ -2,7 +2,6 @@
 one-device gradient. Runs in a subprocess: the device count is fixed when JAX
 starts, and the rest of the suite runs on one device."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,12 +11,13 @@ import jax.numpy as jnp
 import pytest
 
 import jaxsens
+from tests import child_env
 
 
 SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
     import jaxsens
     jaxsens.compile_small_loops_whole()  # keeps the 4-device flag, adds its own
     import jax, jax.numpy as jnp, jax.random as jr, equinox as eqx
@@ -70,10 +70,8 @@ SCRIPT = textwrap.dedent(
 
 
 def test_sharded_gradient_equals_one_device():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True,
-                         text=True, env=env, timeout=600)
+                         text=True, env=child_env(), timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "Discrete" in out.stdout and "GaussAdjoint" in out.stdout
     assert "indivisible: ok" in out.stdout
