@@ -4,12 +4,13 @@ import os
 
 
 # The suite checks results, not speed, and most of its time is XLA:CPU compiling
-# hundreds of small programs. XLA:CPU's older loop emitters compile them about a
-# quarter faster. (`--xla_backend_optimization_level=0` would save more, but
-# changes results: on a Kvaerno5 solve that blows up, diffrax's accepted and
-# rejected step counts came out swapped.) conftest.py adds it to `XLA_FLAGS`, and the processes the tests start
-# (the demo, notebook kernels, the sharding script) get it through `child_env`. The
-# bench and the README's commands use XLA's defaults.
+# hundreds of small programs, which its older loop emitters do about a quarter
+# faster. conftest.py adds this to `XLA_FLAGS`; the processes the tests start (the
+# demo, notebook kernels, the sharding script) get it through `child_env`. The
+# bench and the README's commands use XLA's defaults. Not
+# `--xla_backend_optimization_level=0`, which saves more but changes results: on a
+# Kvaerno5 solve that blows up, diffrax's accepted and rejected step counts came
+# out swapped.
 CHEAP_CODEGEN = "--xla_cpu_use_fusion_emitters=false"
 
 
