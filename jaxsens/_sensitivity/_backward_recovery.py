@@ -172,25 +172,39 @@ class _Dense(eqx.Module):
     interpolation_cls: type = eqx.field(static=True)
 
 
-def _resolve(problem: Problem, y_a, a, b, steps: int):
-    """`y` re-solved from `(a, y_a)` towards `b` in at most `steps` steps, with its
-    dense output: `(dense, y_end, t_end, reached, too_long)`.
+def _resolve_field(problem: Problem):
+    def vf(t, y, aux):
+        del aux
+        return problem.f(t, y)
+    return vf
 
-    Driven by `backward_loop` (its time runs forward here; no jumps), which keeps
-    each step's dense information in a buffer of `steps` entries. A second
-    `diffeqsolve` would do the same, but compiles a second adaptive loop.
+
+def _resolve_store(problem: Problem, steps: int):
+    """The buffer of `steps` steps' dense information that every re-solve of a
+    backward pass writes into (allocated once, not per re-solve)."""
+    opts = problem.options
+    like = dense_info_like(opts.solver, opts.rtol, opts.atol, opts.dt0,
+                           _resolve_field(problem), opts.t0, problem.y0)
+    return jtu.tree_map(lambda x: jnp.zeros((steps,) + x.shape, x.dtype), like)
+
+
+def _resolve(problem: Problem, y_a, a, b, infos0):
+    """`y` re-solved from `(a, y_a)` towards `b` in at most as many steps as the
+    buffer `infos0` (from `_resolve_store`) holds, with its dense output:
+    `(dense, y_end, t_end, reached, too_long)`.
+
+    Driven by `backward_loop` (its time runs forward here; no jumps), which writes
+    each step's dense information into `infos0` in place. Entries past the steps
+    taken are stale (an earlier re-solve's) and never read: their times are
+    `+inf`. A second `diffeqsolve` would do the same, but compiles a second
+    adaptive loop.
     """
     opts = problem.options
     dtype = jnp.result_type(problem.ts)
     flat = FlatState(y_a)
-
-    def vf(t, y, aux):
-        del aux
-        return problem.f(t, y)
-
-    like = dense_info_like(opts.solver, opts.rtol, opts.atol, opts.dt0, vf, a, y_a)
+    vf = _resolve_field(problem)
+    steps = jtu.tree_leaves(infos0)[0].shape[0]
     ts0 = jnp.full(steps + 1, jnp.inf, dtype).at[0].set(a)
-    infos0 = jtu.tree_map(lambda x: jnp.zeros((steps,) + x.shape, x.dtype), like)
 
     def on_step(store, t_a, t_b, y0_, y1_, dense, aux, keep):
         # Slot `k` is overwritten until its step is accepted.
@@ -291,7 +305,7 @@ class Resolve(AbstractRecovery):
             y_a = _where(marching, y_m, at(stack_y, h))
             b = stack_t[end]
             dense, y_end, t_end, reached, too_long = _resolve(problem, y_a, a, b,
-                                                              seg_steps)
+                                                              c["store"])
             leaf = reached & ~marching
 
             def adjoint(_):
@@ -300,14 +314,9 @@ class Resolve(AbstractRecovery):
                               jnp.where(leaf, -a, -b), c["j"], opts.dt0)
                 return out.z, out.carry, out.jump_index, out.result
 
-            if bp.meter is None:
-                z, carry_, j, back_result = lax.cond(
-                    leaf, adjoint,
-                    lambda _: (c["z"], c["carry"], c["j"], RESULTS.successful), None)
-            else:
-                # The meter's callbacks cannot be batched inside a `cond`
-                # (`vmap`); off a leaf the span is empty and changes nothing.
-                z, carry_, j, back_result = adjoint(None)
+            # Unconditionally (no `cond`, whose operands XLA may copy: here the
+            # whole dense buffer): off a leaf the span is empty and changes nothing.
+            z, carry_, j, back_result = adjoint(None)
             # A solve that ran out of steps starts a march (or continues one).
             start = too_long & ~marching
             room = h + split < capacity
@@ -343,14 +352,14 @@ class Resolve(AbstractRecovery):
                 h=jnp.where(leaf, h - 1, jnp.where(march_done, h + split - 1, h)),
                 z=z, carry=carry_, j=j, result=status, marching=march_on,
                 t_m=jnp.where(march_on, t_stop, t_m), y_m=_where(march_on, y_end, y_m),
-                it=c["it"] + 1)
+                it=c["it"] + 1, store=dense.interp.infos)
 
         init = dict(
             t=pad(cps), y=jtu.tree_map(pad, ycps),
             h=jnp.where(active, k - 1, -1).astype(jnp.int32), z=z, carry=carry,
             j=jnp.array(0, jnp.int32), result=RESULTS.successful,
             marching=jnp.array(False), t_m=cps[0], y_m=at(ycps, 0),
-            it=jnp.array(0, jnp.int32))
+            it=jnp.array(0, jnp.int32), store=_resolve_store(problem, seg_steps))
         out = lax.while_loop(cond, body, init)
         result = out["result"]
         unfinished = (out["h"] >= 0) & (result == RESULTS.successful)

@@ -9,7 +9,12 @@ import numpy as np
 
 from .._control import Control
 from ._options import SolveOptions
-from .base import AbstractSensitivity, float_args_as_arrays, tree_size
+from .base import (
+    AbstractSensitivity,
+    float_args_as_arrays,
+    tree_size,
+    wider_than_float32,
+)
 from .discrete import Discrete
 from .forward import Forward
 from .gauss import GaussAdjoint
@@ -331,9 +336,7 @@ class Auto(AbstractSensitivity):
             matrix_free=bool(linear and field.is_matrix_free(args)),
             implicit=isinstance(solver, dfx.AbstractImplicitSolver),
             solver=type(solver).__name__,
-            float64=any(jnp.finfo(jnp.result_type(x)).bits > 32
-                        for x in jtu.tree_leaves(y0)
-                        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)),
+            float64=wider_than_float32(y0),
         )
         thresholds = dict(
             forward_threshold=self.forward_threshold,

@@ -422,11 +422,16 @@ def _forward(vjp_arg, static, adjoint, options):
 IMPLICIT_FLOAT32_RTOL = 1e-3
 
 
+def wider_than_float32(y0) -> bool:
+    """Whether any floating leaf of `y0` is wider than 32 bits (float64)."""
+    return any(jnp.finfo(jnp.result_type(x)).bits > 32 for x in jtu.tree_leaves(y0)
+               if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
+
+
 def _check_implicit_precision(name, solver, rtol, y0):
     if not isinstance(solver, dfx.AbstractImplicitSolver):
         return
-    leaves = jtu.tree_leaves(y0)
-    if not leaves or max(jnp.finfo(jnp.result_type(x)).bits for x in leaves) > 32:
+    if not jtu.tree_leaves(y0) or wider_than_float32(y0):
         return
     try:
         rtol = float(rtol)
