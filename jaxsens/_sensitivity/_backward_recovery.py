@@ -314,9 +314,14 @@ class Resolve(AbstractRecovery):
                               jnp.where(leaf, -a, -b), c["j"], opts.dt0)
                 return out.z, out.carry, out.jump_index, out.result
 
-            # Unconditionally (no `cond`, whose operands XLA may copy: here the
-            # whole dense buffer): off a leaf the span is empty and changes nothing.
-            z, carry_, j, back_result = adjoint(None)
+            if bp.meter is None:
+                z, carry_, j, back_result = lax.cond(
+                    leaf, adjoint,
+                    lambda _: (c["z"], c["carry"], c["j"], RESULTS.successful), None)
+            else:
+                # The meter's callbacks cannot be batched inside a `cond`
+                # (`vmap`); off a leaf the span is empty and changes nothing.
+                z, carry_, j, back_result = adjoint(None)
             # A solve that ran out of steps starts a march (or continues one).
             start = too_long & ~marching
             room = h + split < capacity
