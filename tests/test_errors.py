@@ -223,11 +223,16 @@ def test_backsolve_refuses_dissipative_rates(dissipative_rates):
     assert float(jnp.linalg.norm(good - ref) / jnp.linalg.norm(ref)) < 0.5
 
 
+def pulse(t, y, k):
+    return -k * y + 50.0 * jnp.exp(-(((t - 0.6) / 3e-2) ** 2))
+
+
 def test_checkpoint_splitting_runs_out_of_depth():
-    # A tiny first step (dt0) makes every re-solve take several steps, however
-    # short its interval: the split depth (sized from max_steps) runs out.
+    # The forward solve's steps crowd into the pulse: splitting intervals into
+    # equal halves reaches one step per interval only far deeper than the split
+    # depth (sized from max_steps for steps spread evenly) allows.
     method = jaxsens.InterpolatingAdjoint(checkpoints=2, segment_max_steps=1)
     loss = lambda k: jnp.sum(jaxsens.solve(  # noqa: E731
-        decay, Y0, TS, k, dt0=1e-9, max_steps=64, sensitivity=method).ys)
+        pulse, Y0, TS, k, max_steps=64, sensitivity=method).ys)
     with pytest.raises(eqx.EquinoxRuntimeError, match="segment_max_steps"):
         jax.grad(loss)(1.0)

@@ -332,9 +332,11 @@ class BackwardPass(eqx.Module):
         return g
 
     def span(self, residuals, data: DenseData | None, z: AdjointState, carry: Carry,
-             s0, s_end, jump_index, dt0=None, max_steps=None) -> LoopOutput:
+             s0, s_end, jump_index, dt0=None, max_steps=None,
+             dt_start=None) -> LoopOutput:
         """Integrate the pass from `s0` to `s_end` (nothing if equal), with `y` from
         `data` (or in the state), applying the jumps from `jump_index` on.
+        `dt_start`, where finite, is the first step's size (as `backward_loop`'s).
 
         A segmented integral (a store of nodes) ends the loop when its store is
         full; the span then empties it and goes on with the step size reached.
@@ -369,7 +371,7 @@ class BackwardPass(eqx.Module):
         )
         if not self.integral.segmented:
             out = loop(z, s0, s_end, max_steps=max_steps, carry0=carry,
-                       jump_index=jump_index)
+                       jump_index=jump_index, dt_start=dt_start)
             _count("steps", out.num_steps)
             _count("accepted", out.num_accepted)
             return out
@@ -392,7 +394,8 @@ class BackwardPass(eqx.Module):
 
         zero = jnp.array(0, jnp.int32)
         init = LoopOutput(s0, z, carry, jnp.asarray(jump_index, jnp.int32), zero, zero,
-                          RESULTS.successful, jnp.array(jnp.nan, dtype))
+                          RESULTS.successful,
+                          jnp.array(jnp.nan, dtype) if dt_start is None else dt_start)
         out = lax.while_loop(cond, body, init)
         _count("steps", out.num_steps)
         _count("accepted", out.num_accepted)

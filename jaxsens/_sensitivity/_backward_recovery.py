@@ -188,10 +188,11 @@ def _resolve_store(problem: Problem, steps: int):
     return jtu.tree_map(lambda x: jnp.zeros((steps,) + x.shape, x.dtype), like)
 
 
-def _resolve(problem: Problem, y_a, a, b, infos0):
+def _resolve(problem: Problem, y_a, a, b, infos0, dt_start):
     """`y` re-solved from `(a, y_a)` towards `b` in at most as many steps as the
     buffer `infos0` (from `_resolve_store`) holds, with its dense output:
-    `(dense, y_end, t_end, reached, too_long)`.
+    `(dense, y_end, t_end, reached, too_long, dt)`; the first step is `dt_start`
+    where finite, and `dt` is the step size to go on with.
 
     Driven by `backward_loop` (its time runs forward here; no jumps), which writes
     each step's dense information into `infos0` in place. Entries past the steps
@@ -219,7 +220,7 @@ def _resolve(problem: Problem, y_a, a, b, infos0):
         Stops.of(jnp.zeros((0,), dtype), kinks=opts.jump_ts), solver=opts.solver,
         rtol=opts.rtol, atol=opts.atol, norm=state_norm(opts) or rms_norm,
         max_steps=steps, dt0=opts.dt0,
-        carry0=(ts0, infos0, jnp.array(0, jnp.int32)),
+        carry0=(ts0, infos0, jnp.array(0, jnp.int32)), dt_start=dt_start,
     )
     _count("resolve_steps", out.num_steps)
     ts, infos, count = out.carry
@@ -227,7 +228,7 @@ def _resolve(problem: Problem, y_a, a, b, infos0):
                       flat.unravel)
     reached = (out.result == RESULTS.successful) & (out.s >= b)
     too_long = out.result == RESULTS.backward_max_steps_reached
-    return dense, out.z, out.s, reached, too_long
+    return dense, out.z, out.s, reached, too_long, out.dt
 
 
 def _split_depth(max_steps: int, seg_steps: int, split: int) -> int:
@@ -304,24 +305,30 @@ class Resolve(AbstractRecovery):
             a = jnp.where(marching, t_m, stack_t[h])
             y_a = _where(marching, y_m, at(stack_y, h))
             b = stack_t[end]
-            dense, y_end, t_end, reached, too_long = _resolve(problem, y_a, a, b,
-                                                              c["store"])
+            # Each loop starts with the step size the last one reached (the
+            # re-solves forwards, the adjoint spans backwards), not with the
+            # controller's initial-step heuristic.
+            dense, y_end, t_end, reached, too_long, dt_f = _resolve(
+                problem, y_a, a, b, c["store"], c["dt_f"])
             leaf = reached & ~marching
 
             def adjoint(_):
                 # Under vmap both branches run: an empty interval costs nothing.
                 out = bp.span(ys, dense, c["z"], c["carry"], -b,
-                              jnp.where(leaf, -a, -b), c["j"], opts.dt0)
-                return out.z, out.carry, out.jump_index, out.result
+                              jnp.where(leaf, -a, -b), c["j"], opts.dt0,
+                              dt_start=c["dt_b"])
+                dt_b = jnp.where(leaf, out.dt, c["dt_b"])
+                return out.z, out.carry, out.jump_index, out.result, dt_b
 
             if bp.meter is None:
-                z, carry_, j, back_result = lax.cond(
+                z, carry_, j, back_result, dt_b = lax.cond(
                     leaf, adjoint,
-                    lambda _: (c["z"], c["carry"], c["j"], RESULTS.successful), None)
+                    lambda _: (c["z"], c["carry"], c["j"], RESULTS.successful,
+                               c["dt_b"]), None)
             else:
                 # The meter's callbacks cannot be batched inside a `cond`
                 # (`vmap`); off a leaf the span is empty and changes nothing.
-                z, carry_, j, back_result = adjoint(None)
+                z, carry_, j, back_result, dt_b = adjoint(None)
             # A solve that ran out of steps starts a march (or continues one).
             start = too_long & ~marching
             room = h + split < capacity
@@ -357,14 +364,15 @@ class Resolve(AbstractRecovery):
                 h=jnp.where(leaf, h - 1, jnp.where(march_done, h + split - 1, h)),
                 z=z, carry=carry_, j=j, result=status, marching=march_on,
                 t_m=jnp.where(march_on, t_stop, t_m), y_m=_where(march_on, y_end, y_m),
-                it=c["it"] + 1, store=dense.interp.infos)
+                it=c["it"] + 1, store=dense.interp.infos, dt_f=dt_f, dt_b=dt_b)
 
         init = dict(
             t=pad(cps), y=jtu.tree_map(pad, ycps),
             h=jnp.where(active, k - 1, -1).astype(jnp.int32), z=z, carry=carry,
             j=jnp.array(0, jnp.int32), result=RESULTS.successful,
             marching=jnp.array(False), t_m=cps[0], y_m=at(ycps, 0),
-            it=jnp.array(0, jnp.int32), store=_resolve_store(problem, seg_steps))
+            it=jnp.array(0, jnp.int32), store=_resolve_store(problem, seg_steps),
+            dt_f=jnp.array(jnp.nan, dtype), dt_b=jnp.array(jnp.nan, dtype))
         out = lax.while_loop(cond, body, init)
         result = out["result"]
         unfinished = (out["h"] >= 0) & (result == RESULTS.successful)
