@@ -137,8 +137,13 @@ class Interpolate(AbstractRecovery):
     def run(self, bp, residuals, z, carry):
         interp, ys, over = residuals
         s_end = jnp.where(over, bp.s0, bp.s_end)
+        # The backward pass starts with the forward solve's last step size (the
+        # longer of its last two: the last one may be cut short to land on `t1`).
+        last = interp.ts_size - 1
+        t = interp.ts[jnp.maximum(last - jnp.arange(3), 0)]
+        h = jnp.maximum(t[0] - t[1], t[1] - t[2])
         out = bp.span(residuals, DenseData(interp), z, carry, bp.s0, s_end, 0,
-                      bp.problem.options.dt0)
+                      bp.problem.options.dt0, dt_start=h)
         if bp.problem.options.max_steps <= self.steps(bp.problem):
             return out.z, out.carry, out.result
         fallback = Resolve(min(bp.num_saves, 8))
