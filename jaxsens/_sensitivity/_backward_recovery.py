@@ -88,6 +88,7 @@ class Reintegrate(AbstractRecovery):
 
 
 DENSE_BYTES = 2**21
+SEGMENT_BYTES = 2**17
 
 
 class Interpolate(AbstractRecovery):
@@ -248,10 +249,22 @@ class Resolve(AbstractRecovery):
     y0), (ts[i], ys[i])`, interval by interval, each re-solve keeping at most
     `segment_steps` steps of dense output; longer intervals are split
     recursively (revolve-style). Memory is flat in the number of steps; each
-    level of splitting costs one more forward solve. Griewank & Walther 2000."""
+    level of splitting costs one more forward solve. Griewank & Walther 2000.
+
+    `segment_steps=None`: what fits in `SEGMENT_BYTES`, between 32 and 256 steps
+    (the buffer is filled once per backward pass, so a large one costs time
+    even when the re-solves take few steps)."""
 
     checkpoints: int = eqx.field(static=True)
-    segment_steps: int = eqx.field(static=True, default=256)
+    segment_steps: int | None = eqx.field(static=True, default=None)
+
+    def steps(self, problem: Problem) -> int:
+        if self.segment_steps is not None:
+            return self.segment_steps
+        per_step = sum(
+            math.prod(x.shape) * x.dtype.itemsize
+            for x in jtu.tree_leaves(_dense_like(problem)))
+        return max(32, min(256, SEGMENT_BYTES // max(per_step, 1)))
 
     def forward(self, problem):
         return _plain_forward(problem)
@@ -282,7 +295,7 @@ class Resolve(AbstractRecovery):
             lambda y0, c: jnp.concatenate([y0[None], c])[picks], problem.y0, ys)
         k = picks.shape[0] - 1
         split = max(k, 2)
-        seg_steps = self.segment_steps
+        seg_steps = self.steps(problem)
         capacity = k + 1 + (split - 1) * _split_depth(opts.max_steps, seg_steps, split)
         dtype = cps.dtype
         fractions = jnp.arange(1, split, dtype=dtype) / split

@@ -175,8 +175,9 @@ def backward_loop(
     number of plain stops passed) is computed once per step and handed to `vf` and
     `on_step`. The loop also ends (successfully) when `field.room(carry)` is false,
     so that a caller can empty a store and go on from `LoopOutput.s`. `dt_start`,
-    where finite, is the first step's size (to continue from another loop's
-    `LoopOutput.dt`).
+    where finite and positive, is the first step's size (to continue from another
+    loop's `LoopOutput.dt`, or from the forward solve's last step); with no `dt0`
+    it also skips the controller's initial-step heuristic.
 
     The solver steps `FlatState(z0)`'s flat vector; the callbacks and the output
     see `z` as a PyTree like `z0`, except `dense_info`, which is the flat state's.

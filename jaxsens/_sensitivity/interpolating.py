@@ -43,7 +43,9 @@ class InterpolatingAdjoint(AbstractAdjoint):
     - `max_steps`: the backward step budget (default: twice the forward's plus
         `len(ts)`).
     - `segment_max_steps`: with checkpoints, the most steps one re-solve keeps as
-        dense output (default 256); longer intervals are split.
+        dense output (default: what fits in 128 KiB, between 32 and 256 steps;
+        e.g. 113 for 16 float64 states with `Tsit5`); longer intervals are
+        split.
     - `dense_steps`: without checkpoints, as `GaussAdjoint`'s.
 
     Cites: Chen et al. 2018 (neural ODEs); Cao, Li, Petzold & Serban 2003
@@ -82,7 +84,6 @@ class InterpolatingAdjoint(AbstractAdjoint):
         if self.checkpoints is None:
             recovery = Interpolate(self.dense_steps)
         else:
-            seg = 256 if self.segment_max_steps is None else self.segment_max_steps
-            recovery = Resolve(self.checkpoints, seg)
+            recovery = Resolve(self.checkpoints, self.segment_max_steps)
         integral = GaussPerStep() if self.seminorm else InState()
         return recovery, integral, self.seminorm
