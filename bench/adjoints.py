@@ -23,7 +23,8 @@
 
 Each row runs in a fresh subprocess (`bench/_child.py`) holding every method,
 compiled one after the other (first call = trace + compile + one run), then
-timed round-robin (`--repeats` rounds); ratios are to `Discrete` in the same
+called round-robin for 3 untimed rounds and timed round-robin (`--repeats`
+rounds); ratios are to `Discrete` in the same
 row. Writes `bench/results/adjoints.md` and `adjoints.png` (dense: time ÷
 Discrete against n).
 """
@@ -40,6 +41,7 @@ from bench._common import ADJOINTS, RESULTS_DIR, command, meta_info, method, ms
 OUT = os.path.join(RESULTS_DIR, "adjoints.md")
 METHODS = ["Discrete", *ADJOINTS, "InterpolatingAdjoint(checkpoints=K)"]
 CHECKPOINTS = 4
+WARMUP_ROUNDS = 3
 NS, QUICK_NS = (16, 64, 256, 1024), (16, 256)
 CONTROLS = 100
 CONTROL_ROWS = {"vmap": "`jax.vmap` over controls",
@@ -227,6 +229,11 @@ def child(table, key, rounds, exclude):
         grads[name] = np.asarray(ravel_pytree(g)[0], np.float64)
         _child.say(done=name)
     _child.say(timing=True)
+    # Untimed rounds first: the first calls after compiling every method run
+    # slower (at n = 16 a 9-round median kept some of them).
+    for _ in range(WARMUP_ROUNDS):
+        for name in grads:
+            timed(jitted[name], *args)
     for _ in range(rounds):
         for name in grads:
             rows[name]["times"].append(timed(jitted[name], *args)[0])
