@@ -163,8 +163,11 @@ def backward_loop(
     Steps are clipped to land exactly on each of `stops.jumps[j]` for `j` from
     `jump_index` on; on arrival `(z, carry) = field.jump(z, carry, j)`. Steps are
     clipped to one ulp before each of `stops.kinks` too, and the next one starts
-    one ulp past it (unless another stop is that close) with the field
-    re-evaluated. After every
+    one ulp past it (unless a jump is that close) with the field re-evaluated; a
+    jump exactly at a kink is applied one ulp before it, where the step stops, and
+    a plain stop within a few ulps is passed without a step of its own (each such
+    one-ulp step would cost a whole step: a control's knots that are also save
+    times made every other backward step one). After every
     step, accepted or not, `carry = field.on_step(carry, s_a, s_b, z_a, z_b,
     dense_info, aux, keep)`; it must itself discard a step with `keep` false (e.g.
     write a store's next slot but advance its counter only if `keep`), so that a
@@ -184,6 +187,7 @@ def backward_loop(
     """
     dtype = jnp.result_type(s0)
     inf = jnp.asarray(jnp.inf, dtype)
+    near = 4 * jnp.finfo(dtype).eps
     jumps, plain = stops.jumps, stops.plain
     num_jumps = stops.num_jumps
     k0 = jnp.searchsorted(plain, s0, side="right").astype(jnp.int32)
@@ -221,6 +225,10 @@ def backward_loop(
 
     def body(st: LoopState) -> LoopState:
         s, j, k = st.s, st.jump, st.stop
+        # A plain stop a few ulps ahead (a forward step's end next to a kink) is
+        # passed without a step of its own: that step would cost a full step.
+        k = k + (plain[k] - s <= near * jnp.maximum(jnp.abs(s), jnp.abs(plain[k]))
+                 ).astype(k.dtype)
         # The next kink is stepped to one ulp before it (as diffrax's `jump_ts`
         # forwards: no stage evaluates the field at the discontinuity), or to it
         # if already there.
@@ -249,7 +257,10 @@ def backward_loop(
                 carry, s, s1, flat.unravel(st.z), flat.unravel(z1), dense, aux, keep
             )
         z_new = _where(keep, z1, st.z)
-        hit = keep & (s1 == jumps[j]) & (j < num_jumps)
+        # A jump at a kink is applied one ulp before it, where the step stops,
+        # rather than after a one-ulp step of its own.
+        at_jump = (s1 == jumps[j]) | ((s1 == before) & (jumps[j] == kink))
+        hit = keep & at_jump & (j < num_jumps)
         if num_jumps > 0:
             z_jump, carry_jump = field.jump(
                 flat.unravel(z_new), carry, jnp.minimum(j, num_jumps - 1)
@@ -267,8 +278,9 @@ def backward_loop(
         # time at the kink is applied on the way).
         at_kink = keep & ((s1 == before) | (s1 == kink))
         past = jnp.nextafter(kink, inf)
-        following = jnp.minimum(jnp.minimum(jumps[j_new], plain[k_new]), s_end)
-        s_new = jnp.where(at_kink & (past < following), past, s_new)
+        following = jnp.minimum(jumps[j_new], s_end)
+        s_new = jnp.where(at_kink & (past < following) & (past <= plain[k_new]),
+                          past, s_new)
         if field.progress is not None:
             carry = field.progress(carry, s_new)
         # A failed implicit step is retried smaller by the controller; only a step
