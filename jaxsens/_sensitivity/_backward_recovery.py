@@ -105,11 +105,7 @@ class Interpolate(AbstractRecovery):
         max_steps = problem.options.max_steps
         if self.dense_steps is not None:
             return min(self.dense_steps, max_steps)
-        # The solver's dense information per step, e.g. Tsit5's 7 stage vectors.
-        per_step = sum(
-            math.prod(x.shape) * x.dtype.itemsize
-            for x in jtu.tree_leaves(_dense_like(problem)))
-        return min(max_steps, max(32, min(256, DENSE_BYTES // max(per_step, 1))))
+        return min(max_steps, _steps_in(DENSE_BYTES, problem))
 
     def forward(self, problem):
         opts = problem.options
@@ -164,6 +160,14 @@ def _dense_like(problem):
     opts = problem.options
     return dense_info_like(opts.solver, opts.rtol, opts.atol, opts.dt0,
                            lambda t, y, aux: problem.f(t, y), opts.t0, problem.y0)
+
+
+def _steps_in(nbytes: int, problem) -> int:
+    """How many steps of the solver's dense information (e.g. Tsit5's 7 stage
+    vectors per step) fit in `nbytes`, kept between 32 and 256."""
+    per_step = sum(math.prod(x.shape) * x.dtype.itemsize
+                   for x in jtu.tree_leaves(_dense_like(problem)))
+    return max(32, min(256, nbytes // max(per_step, 1)))
 
 
 class _Dense(eqx.Module):
@@ -261,10 +265,7 @@ class Resolve(AbstractRecovery):
     def steps(self, problem: Problem) -> int:
         if self.segment_steps is not None:
             return self.segment_steps
-        per_step = sum(
-            math.prod(x.shape) * x.dtype.itemsize
-            for x in jtu.tree_leaves(_dense_like(problem)))
-        return max(32, min(256, SEGMENT_BYTES // max(per_step, 1)))
+        return _steps_in(SEGMENT_BYTES, problem)
 
     def forward(self, problem):
         return _plain_forward(problem)

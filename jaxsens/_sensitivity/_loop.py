@@ -201,6 +201,7 @@ def backward_loop(
     room = field.room if field.room is not None else (lambda carry: True)
     solver, controller = prepare_solver(solver, rtol, atol, dt0, norm)
     error_order = solver.error_order(term)
+
     def init(dt):
         return controller.init(
             term, s0, s_end, z0, dt, aux_of(s0, s0, k0), solver.func, error_order
