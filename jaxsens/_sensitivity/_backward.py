@@ -336,7 +336,8 @@ class BackwardPass(eqx.Module):
              dt_start=None) -> LoopOutput:
         """Integrate the pass from `s0` to `s_end` (nothing if equal), with `y` from
         `data` (or in the state), applying the jumps from `jump_index` on.
-        `dt_start`, where finite, is the first step's size (as `backward_loop`'s).
+        `dt_start`, where finite and positive, is the first step's size (as
+        `backward_loop`'s).
 
         A segmented integral (a store of nodes) ends the loop when its store is
         full; the span then empties it and goes on with the step size reached.

@@ -207,16 +207,18 @@ def backward_loop(
             term, s0, s_end, z0, dt, aux_of(s0, s0, k0), solver.func, error_order
         )
 
-    if dt_start is None or dt0 is not None:
+    if dt_start is None:
         s1_guess, cstate = init(dt0)
-        if dt_start is not None:
-            s1_guess = jnp.where(jnp.isfinite(dt_start), s0 + dt_start, s1_guess)
     else:
-        # A step size carried over from another loop skips the controller's
-        # initial-step heuristic (two evaluations of the field).
-        s1_guess, cstate = lax.cond(
-            jnp.isfinite(dt_start) & (dt_start > 0),
-            lambda: init(dt_start), lambda: init(None))
+        usable = jnp.isfinite(dt_start) & (dt_start > 0)
+        if dt0 is not None:
+            s1_guess, cstate = init(dt0)
+            s1_guess = jnp.where(usable, s0 + dt_start, s1_guess)
+        else:
+            # A step size carried over from another loop skips the controller's
+            # initial-step heuristic (two evaluations of the field).
+            s1_guess, cstate = lax.cond(usable, lambda: init(dt_start),
+                                        lambda: init(None))
     s1_guess = jnp.minimum(s1_guess, s_end)
     sstate = solver.init(term, s0, s1_guess, z0, aux_of(s0, s0, k0))
 
